@@ -1,0 +1,1 @@
+"""ACTION-ResNet models: temporal modules, TSN wrapper, checkpoints, optimiser groups."""

@@ -1,0 +1,1 @@
+"""Data pipelines: shard format, TSN sampling, crop/flip geometry and loader backends."""

@@ -1,0 +1,23 @@
+"""Shared pytest configuration: markers and options (fixtures live next to the tests that use them)."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+if str(ROOT / "tests") not in sys.path:
+    sys.path.insert(0, str(ROOT / "tests"))
+
+
+def pytest_addoption(parser):
+    parser.addoption("--run-all-faults", action="store_true", default=False,
+                     help="run the whole fault-injection suite (make test-faults), not only its fast subset")
+
+
+def pytest_configure(config):
+    os.environ.setdefault("OMP_NUM_THREADS", "2")

@@ -1,0 +1,1 @@
+"""Command-line tools (conversion, profiling, synthetic data)."""
