@@ -21,3 +21,14 @@ def pytest_addoption(parser):
 
 def pytest_configure(config):
     os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+@pytest.fixture
+def make_raw(tmp_path):
+    """Factory fixture: ``make_raw("jester", **kw)`` builds a tiny raw tree under tmp_path (see tests/rawtrees.py)."""
+    import rawtrees
+
+    def build(name: str, **kw) -> dict:
+        return rawtrees.make_tree(name, tmp_path / f"raw-{name}", **kw)
+
+    return build

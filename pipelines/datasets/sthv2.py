@@ -1,0 +1,112 @@
+"""Something-Something V2 (174 classes).
+
+Layout (DESIGN.md)::
+
+    RAW/something-something-v2-labels.json       {"Class name": "index as string"}
+    RAW/something-something-v2-train.json        [{"id", "label", "template", "placeholders"}, ...]
+    RAW/something-something-v2-validation.json   same                      -> split "val"
+    RAW/something-something-v2-test.json         [{"id"}, ...]             -> label -1
+    RAW/frames/<id>/000001.jpg ...
+
+The class of an entry is its ``template`` with ``[`` and ``]`` removed.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+from pipelines.datasets import ClipRef, DatasetSpec, Problems, _check_id, bad
+from pipelines.errors import AnnotationError
+
+NUM_CLASSES = 174
+FLIP_PAIRS = (
+    ("Pulling something from left to right", "Pulling something from right to left"),
+    ("Pushing something from left to right", "Pushing something from right to left"),
+    ("Turning the camera left while filming something", "Turning the camera right while filming something"),
+)
+LABELS_FILE = "something-something-v2-labels.json"
+SPLIT_FILES = {"train": "something-something-v2-train.json", "val": "something-something-v2-validation.json",
+               "test": "something-something-v2-test.json"}
+
+
+def _load_json(path: str):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise bad(AnnotationError, path, "file not found",
+                  "is --raw the Something-Something V2 root? --splits leaves a split out") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise bad(AnnotationError, path, f"malformed JSON ({e})") from None
+    except OSError as e:
+        raise bad(AnnotationError, path, f"cannot read ({e})") from None
+
+
+def load_classes(raw: str) -> list[str]:
+    path = os.path.join(raw, LABELS_FILE)
+    d = _load_json(path)
+    if not isinstance(d, dict):
+        raise bad(AnnotationError, path, "expected a JSON object {\"Class name\": \"index\"}")
+    names: list[str | None] = [None] * len(d)
+    for name, idx in d.items():
+        try:
+            i = int(idx)
+        except (TypeError, ValueError):
+            raise bad(AnnotationError, path, f"index {idx!r} of {name!r} is not an integer") from None
+        if not 0 <= i < len(d) or names[i] is not None:
+            raise bad(AnnotationError, path, f"index {i} of {name!r} is out of range or used twice")
+        names[i] = name
+    if len(names) != NUM_CLASSES:
+        raise bad(AnnotationError, path, f"has {len(names)} classes, expected {NUM_CLASSES}")
+    return names  # type: ignore[return-value]
+
+
+def read(raw: str, split: str, problems: Problems, *, classes: list[str] | None = None) -> list[ClipRef]:
+    """Clips of ``split`` ("train", "val", "test") listed in the official JSON."""
+    if split not in SPLIT_FILES:
+        raise ValueError(f"sthv2 has no split {split!r}")
+    classes = classes if classes is not None else load_classes(raw)
+    index = {c: i for i, c in enumerate(classes)}
+    path = os.path.join(raw, SPLIT_FILES[split])
+    entries = _load_json(path)
+    if not isinstance(entries, list):
+        raise bad(AnnotationError, path, "expected a JSON list of entries")
+    out, seen = [], set()
+    for n, e in enumerate(entries):
+        where = f"{path}[{n}]"
+        if not isinstance(e, dict) or "id" not in e:
+            problems(bad(AnnotationError, where, "entry is not an object with an 'id'"))
+            continue
+        vid = e["id"]
+        vid = str(vid) if isinstance(vid, (str, int)) and not isinstance(vid, bool) else ""
+        err = _check_id(vid, where)
+        if err is not None:
+            problems(err)
+            continue
+        label = -1
+        if "template" in e:
+            t = e["template"]
+            if not isinstance(t, str):
+                problems(bad(AnnotationError, where, f"template {t!r} is not a string"))
+                continue
+            name = t.replace("[", "").replace("]", "")
+            if name not in index:
+                problems(bad(AnnotationError, where, f"unknown label name {name!r}",
+                             f"not one of the {len(classes)} names in {LABELS_FILE}"))
+                continue
+            label = index[name]
+        elif split != "test":
+            problems(bad(AnnotationError, where, f"entry {vid!r} has no 'template'"))
+            continue
+        if vid in seen:
+            problems(bad(AnnotationError, where, f"duplicate id {vid!r}"))
+            continue
+        seen.add(vid)
+        out.append(ClipRef(key=vid, label=label, folder=f"frames/{vid}", source=where))
+    return out
+
+
+def spec() -> DatasetSpec:
+    return DatasetSpec(name="sthv2", num_classes=NUM_CLASSES, flip_pairs=FLIP_PAIRS,
+                       splits=("train", "val", "test"), load_classes=load_classes, read=read, options={},
+                       root_marker=LABELS_FILE)
