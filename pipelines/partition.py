@@ -1,0 +1,70 @@
+"""Who reads which clips in an epoch: a partition by (rank, world) and then by DataLoader worker.
+
+Pure functions on integers. The contract:
+
+* :func:`epoch_order`: the split's clip indices for one epoch -- ``default_rng([seed, epoch]).permutation(n)``
+  when shuffling (train), ``arange(n)`` otherwise (val/test).
+* :func:`rank_clips`: rank ``r`` of ``world`` takes ``order[r::world]`` (sizes differ by at most one, no
+  padding, no clip twice). With ``equal=True`` (training under DDP, where every rank must run the same number
+  of steps) the order is first cut to ``world * (n // world)`` clips -- the ``n % world`` dropped clips change
+  every epoch with the shuffle.
+* :func:`batches`: a rank's clips cut into consecutive batches; ``drop_last`` drops a short final batch.
+* :func:`worker_batches`: worker ``w`` of ``W`` takes batches ``w, w + W, ...`` -- the same round-robin order in
+  which ``torch.utils.data.DataLoader`` hands batches to its workers, so the batch sequence a loader yields
+  does not depend on the number of workers.
+
+So with ``equal=False`` and ``drop_last=False`` the union over all (rank, worker) of the clips read in one
+epoch is every clip exactly once.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def epoch_order(n: int, *, shuffle: bool, seed: int = 0, epoch: int = 0) -> np.ndarray:
+    """int64 permutation of ``range(n)`` for ``epoch`` (identity when not shuffling)."""
+    if not shuffle:
+        return np.arange(int(n), dtype=np.int64)
+    return np.random.default_rng([int(seed), int(epoch)]).permutation(int(n)).astype(np.int64)
+
+
+def rank_clips(n: int, *, rank: int = 0, world: int = 1, shuffle: bool, seed: int = 0, epoch: int = 0,
+               equal: bool = False) -> np.ndarray:
+    """Clip indices read by ``rank`` in ``epoch`` (see the module docstring)."""
+    if not 0 <= int(rank) < int(world):
+        raise ValueError(f"rank {rank} is not in [0, world={world})")
+    order = epoch_order(n, shuffle=shuffle, seed=seed, epoch=epoch)
+    if equal:
+        order = order[: int(world) * (len(order) // int(world))]
+    return order[int(rank)::int(world)]
+
+
+def batches(clips: np.ndarray, batch_size: int, *, drop_last: bool) -> list[np.ndarray]:
+    """``clips`` cut into consecutive batches of ``batch_size`` (the last one shorter unless dropped)."""
+    bs = int(batch_size)
+    if bs < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    stop = (len(clips) // bs) * bs if drop_last else len(clips)
+    return [clips[i:i + bs] for i in range(0, stop, bs)]
+
+
+def num_batches(n_clips: int, batch_size: int, *, drop_last: bool) -> int:
+    """``len(batches(...))`` without building them."""
+    return n_clips // batch_size if drop_last else -(-n_clips // batch_size)
+
+
+def worker_batches(all_batches: list, worker: int, workers: int) -> list:
+    """The batches worker ``worker`` of ``workers`` produces (round-robin; ``workers=0`` means one process)."""
+    w = max(int(workers), 1)
+    if not 0 <= int(worker) < w:
+        raise ValueError(f"worker {worker} is not in [0, {w})")
+    return all_batches[int(worker)::w]
+
+
+def partition(n: int, *, rank: int = 0, world: int = 1, worker: int = 0, workers: int = 1, batch_size: int = 1,
+              shuffle: bool, seed: int = 0, epoch: int = 0, equal: bool = False,
+              drop_last: bool = False) -> list[np.ndarray]:
+    """The batches (arrays of clip indices) that (rank, worker) reads in ``epoch``: the composition of
+    :func:`rank_clips`, :func:`batches` and :func:`worker_batches`."""
+    clips = rank_clips(n, rank=rank, world=world, shuffle=shuffle, seed=seed, epoch=epoch, equal=equal)
+    return worker_batches(batches(clips, batch_size, drop_last=drop_last), worker, workers)

@@ -1,0 +1,210 @@
+"""Random access to converted shards (DESIGN.md "Shard format"): memory-mapped Arrow IPC, O(1) per clip.
+
+:class:`ShardDataset` opens ``OUT/manifest.json``, checks each shard of the split cheaply (the file exists and
+its size equals the manifest's ``bytes``; the Arrow schema and row count match), and maps clip ``i`` (the
+row index in the split, counted over the shards in manifest order) to ``(shard, record batch, row)`` with two
+binary searches over cumulative counts. :meth:`ShardDataset.frames` returns the requested frames as
+zero-copy ``numpy.uint8`` views into the memory map: the other frames of the clip are never touched.
+:meth:`ShardDataset.verify` re-hashes the files (sha256) against the manifest.
+
+Memory maps and file handles are opened lazily per process (a dataset pickled into a DataLoader worker
+re-opens its files there), so constructing one in the main process is cheap.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from pipelines import format as fmt
+from pipelines.errors import ShardError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ClipMeta:
+    """What the planner needs about a clip, without touching its frame bytes."""
+
+    index: int
+    key: str
+    label: int
+    num_frames: int
+    height: int
+    width: int
+
+
+def load_manifest(root: str) -> dict:
+    """Read and validate ``root/manifest.json`` (ShardError if missing or invalid)."""
+    path = os.path.join(os.fspath(root), fmt.MANIFEST_NAME)
+    try:
+        with open(path, "rb") as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise ShardError(f"{path}: manifest not found (run tools/convert_dataset.py first)") from None
+    except OSError as e:
+        raise ShardError(f"{path}: cannot read the manifest ({e.strerror})") from None
+    return fmt.parse_manifest(text, where=path)
+
+
+class _Shard:
+    """One memory-mapped shard: record batches and their row offsets."""
+
+    def __init__(self, path: str):
+        try:
+            self.mm = pa.memory_map(path, "r")
+            self.reader = pa.ipc.open_file(self.mm)
+        except (OSError, pa.ArrowException) as e:
+            raise ShardError(f"{path}: not a readable Arrow IPC file ({e}); re-run tools/convert_dataset.py") from None
+        self.batches = [None] * self.reader.num_record_batches
+        rows = [0]
+        for b in range(self.reader.num_record_batches):
+            rows.append(rows[-1] + self.batch(b).num_rows)
+        self.starts = np.asarray(rows, dtype=np.int64)
+
+    def batch(self, b: int) -> pa.RecordBatch:
+        rb = self.batches[b]
+        if rb is None:
+            rb = self.batches[b] = self.reader.get_batch(b)
+        return rb
+
+
+class ShardDataset:
+    """The clips of one split of a converted dataset, by global row index.
+
+    Args:
+        root: the conversion output folder (holds ``manifest.json``).
+        split: ``train``, ``val`` or ``test``.
+        verify: also re-hash every shard (sha256) now (slow; ``tools/convert_dataset.py verify`` does the same).
+
+    Raises:
+        ShardError: missing/invalid manifest, unknown split, a shard missing, of the wrong size (a cheap
+            checksum stand-in), not Arrow, with another schema or another row count than the manifest says.
+    """
+
+    def __init__(self, root, split: str, *, verify: bool = False):
+        self.root = os.path.abspath(os.fspath(root))
+        self.split = split
+        self.manifest = load_manifest(self.root)
+        self.dataset: str = self.manifest["dataset"]
+        self.classes: list[str] = list(self.manifest["classes"])
+        splits = self.manifest["splits"]
+        if split not in splits:
+            raise ShardError(f"{os.path.join(self.root, fmt.MANIFEST_NAME)}: no split {split!r} "
+                             f"(has {', '.join(sorted(splits)) or 'none'})")
+        self.entries = splits[split]["shards"]
+        self.paths = [os.path.join(self.root, *fmt.safe_relpath(e["path"]).split("/")) for e in self.entries]
+        for path, e in zip(self.paths, self.entries):
+            try:
+                size = os.path.getsize(path)
+            except FileNotFoundError:
+                raise ShardError(f"{path}: shard listed in the manifest is missing") from None
+            if size != e["bytes"]:
+                raise ShardError(f"{path}: size {size} bytes differs from the manifest's {e['bytes']} "
+                                 "(corrupt or partially copied shard; re-run tools/convert_dataset.py)")
+        self.shard_starts = np.cumsum([0] + [int(e["clips"]) for e in self.entries]).astype(np.int64)
+        self._pid = None
+        self._shards: list[_Shard | None] = []
+        self._meta = None
+        if verify:
+            self.verify()
+        self._check_shards()
+
+    # ------------------------------------------------------------------ process-local state
+    def __getstate__(self):
+        d = dict(self.__dict__)
+        d["_pid"], d["_shards"] = None, []
+        return d
+
+    def _shard(self, s: int) -> _Shard:
+        if self._pid != os.getpid():
+            self._pid, self._shards = os.getpid(), [None] * len(self.paths)
+        sh = self._shards[s]
+        if sh is None:
+            sh = self._shards[s] = _Shard(self.paths[s])
+        return sh
+
+    def _check_shards(self) -> None:
+        for s, (path, e) in enumerate(zip(self.paths, self.entries)):
+            sh = self._shard(s)
+            if not sh.reader.schema.equals(fmt.SCHEMA, check_metadata=False):
+                raise ShardError(f"{path}: schema {sh.reader.schema} is not the shard schema")
+            if int(sh.starts[-1]) != int(e["clips"]):
+                raise ShardError(f"{path}: holds {int(sh.starts[-1])} clips, the manifest says {e['clips']}")
+
+    def verify(self) -> None:
+        """Re-hash every shard of the split and compare with the manifest's sha256 (ShardError on mismatch)."""
+        for path, e in zip(self.paths, self.entries):
+            h = hashlib.sha256()
+            with open(path, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 22), b""):
+                    h.update(chunk)
+            if h.hexdigest() != e["sha256"]:
+                raise ShardError(f"{path}: sha256 {h.hexdigest()[:16]}... differs from the manifest's "
+                                 f"{e['sha256'][:16]}... (corrupt shard; re-run tools/convert_dataset.py)")
+
+    # ------------------------------------------------------------------ access
+    def __len__(self) -> int:
+        return int(self.shard_starts[-1])
+
+    def locate(self, i: int) -> tuple[int, int, int]:
+        """``(shard, batch, row)`` of clip ``i`` (O(log shards + log batches))."""
+        n = len(self)
+        if not 0 <= i < n:
+            raise IndexError(f"clip {i} out of range for split {self.split!r} with {n} clips")
+        s = int(np.searchsorted(self.shard_starts, i, side="right")) - 1
+        r = i - int(self.shard_starts[s])
+        sh = self._shard(s)
+        b = int(np.searchsorted(sh.starts, r, side="right")) - 1
+        return s, b, r - int(sh.starts[b])
+
+    def _row(self, i: int):
+        s, b, r = self.locate(i)
+        return self._shard(s).batch(b), r
+
+    def meta(self, i: int) -> ClipMeta:
+        """Key, label, frame count and frame size of clip ``i`` (no frame bytes read)."""
+        m = self.metadata()
+        return ClipMeta(int(i), m["key"][i], int(m["label"][i]), int(m["num_frames"][i]), int(m["height"][i]),
+                        int(m["width"][i]))
+
+    def metadata(self) -> dict:
+        """Column arrays over the whole split: ``key`` (list of str), ``label``, ``num_frames``, ``height``,
+        ``width`` (int64 numpy). Read once (only those columns' buffers are touched) and cached."""
+        if self._meta is None:
+            cols = {k: [] for k in ("key", "label", "num_frames", "height", "width")}
+            for s in range(len(self.paths)):
+                sh = self._shard(s)
+                for b in range(len(sh.batches)):
+                    rb = sh.batch(b)
+                    for k in cols:
+                        cols[k].append(rb.column(k))
+            meta = {"key": [x for a in cols["key"] for x in a.to_pylist()]}
+            for k in ("label", "num_frames", "height", "width"):
+                meta[k] = (np.concatenate([a.to_numpy() for a in cols[k]]).astype(np.int64) if cols[k]
+                           else np.zeros(0, np.int64))
+            self._meta = meta
+        return self._meta
+
+    def frames(self, i: int, indices) -> list[np.ndarray]:
+        """JPEG bytes of frames ``indices`` of clip ``i`` as zero-copy ``uint8`` views into the memory map."""
+        rb, r = self._row(i)
+        col = rb.column(3)  # "frames"
+        lo = np.frombuffer(col.buffers()[1], dtype=np.int32, count=2, offset=4 * (col.offset + r))
+        values = col.values
+        a, z = int(lo[0]), int(lo[1])
+        vo = np.frombuffer(values.buffers()[1], dtype=np.int32, count=z - a + 1, offset=4 * (values.offset + a))
+        data = values.buffers()[2]
+        buf = np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, np.uint8)
+        n = z - a
+        out = []
+        for j in indices:
+            j = int(j)
+            if not 0 <= j < n:
+                raise IndexError(f"frame {j} out of range for clip {i} with {n} frames")
+            out.append(buf[int(vo[j]):int(vo[j + 1])])
+        return out
