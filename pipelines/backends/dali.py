@@ -1,0 +1,407 @@
+"""``backend="dali"``: the loader that executes :class:`~pipelines.plan.ClipPlan` batches with NVIDIA DALI.
+
+What happens per batch of B clips (T frames each):
+
+1. the plans come from the *same* pure functions as every other backend (sampling + geometry), so frame
+   indices, crop windows and flips are identical by construction;
+2. the host reads only the T sampled JPEG byte strings of each clip from the memory-mapped shards and flattens
+   the batch into B·T frames, each carrying its clip's decode window and mirror flag
+   (:func:`pipelines.backends.dali_graph.flatten_clips`);
+3. the DALI graph (:func:`pipelines.backends.dali_graph.build_pipeline`) decodes only the crop window
+   (nvJPEG, ``device="mixed"``, on a GPU; libjpeg-turbo with ``device_id=None`` on a CPU-only machine), resizes
+   it to ``size``×``size``, flips and normalises;
+4. DALI's PyTorch iterator hands the frames over (zero copy); they are viewed as ``(B, T, 3, H, W)``
+   (``(B, V, T, 3, H, W)`` in test mode). Labels (already swapped by the flip map in the plans) come from the
+   host's record of the batch, checked against the clip positions that travel through the graph with the
+   pixels.
+
+The last batch of an epoch may be short (external source batches are variable, ``≤ B·T``), so evaluation
+covers every clip exactly once; training drops it when ``drop_last``.
+
+DALI is imported lazily; without it, :class:`~pipelines.backends.dali_graph.BackendUnavailable` says
+``pip install .[dali]``. Whether a GPU is used is decided *before* building: ``device`` is CUDA and
+``GetCUDADeviceCount() > 0`` → mixed decode on ``torch.cuda.current_device()``; otherwise CPU.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import time
+from typing import Callable, Iterator
+
+import numpy as np
+
+from pipelines.backends.dali_graph import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    INSTALL_HINT,
+    OUTPUT_NAMES,
+    BackendUnavailable,
+    build_pipeline,
+    dali_gpu_count,
+    flatten_clips,
+    import_dali,
+)
+from pipelines.errors import FrameError
+from pipelines.plan import ClipPlan
+
+log = logging.getLogger(__name__)
+
+__all__ = ["DaliLoader", "BackendUnavailable", "INSTALL_HINT", "build_dali_loader", "resolve_device",
+           "check_jpeg", "precheck_jpeg"]
+
+
+# ------------------------------------------------------------------------------------------------- helpers
+def resolve_device(device=None) -> tuple[bool, int | None, "object"]:
+    """Decide, before building anything, where the graph runs: ``(gpu, device_id, torch_device)``.
+
+    GPU only when ``device`` asks for CUDA (``None`` means "CUDA if there is one") *and* DALI sees a CUDA device;
+    a CPU-only machine gets ``(False, None, cpu)``. Asking explicitly for ``cuda`` without a GPU is a ValueError.
+    """
+    import torch  # noqa: PLC0415
+
+    n_gpu = dali_gpu_count()
+    dev = None if device is None else torch.device(device)
+    if dev is None:
+        want_gpu = n_gpu > 0 and torch.cuda.is_available()
+    else:
+        want_gpu = dev.type == "cuda"
+    if not want_gpu:
+        return False, None, torch.device("cpu")
+    if n_gpu == 0 or not torch.cuda.is_available():
+        raise ValueError(f"backend='dali' was asked for device {str(device)!r} but DALI sees no CUDA device; "
+                         "use device='cpu' (the same DALI graph then runs on the CPU)")
+    index = dev.index if dev is not None and dev.index is not None else torch.cuda.current_device()
+    return True, int(index), torch.device("cuda", int(index))
+
+
+MAX_REPLACE_TRIES = 16  # as the torch backend: consecutive bad candidates before giving up
+_TAIL = 1024  # bytes searched for the EOI marker by the cheap pre-check
+
+
+def check_jpeg(data, src_size=None) -> str | None:
+    """Why ``data`` is not a good frame (``None`` when it is): the torch backend's strict decode
+    (:func:`pipelines.decode.decode_jpeg`) plus its size check against the shard's ``src_size``."""
+    from pipelines.decode import decode_jpeg  # noqa: PLC0415
+
+    try:
+        img = decode_jpeg(data)
+    except ValueError as e:
+        return str(e)
+    if src_size is not None and tuple(img.shape[:2]) != tuple(src_size):
+        return f"decoded size {tuple(img.shape[:2])} differs from the shard's {tuple(src_size)}"
+    return None
+
+
+def precheck_jpeg(data, src_size) -> str | None:
+    """Cheap per-frame check before DALI sees the bytes (~2 µs: SOI/EOI markers + header parse for the size).
+    A frame that looks wrong is confirmed with the full strict decode of :func:`check_jpeg`, so the verdict is
+    the torch backend's."""
+    import simplejpeg  # noqa: PLC0415
+
+    a = data if isinstance(data, np.ndarray) else np.frombuffer(data, np.uint8)
+    m = memoryview(a)  # int indexing on a memoryview is ~10x cheaper than on an ndarray
+    n = len(m)
+    ok = n >= 4 and m[0] == 0xFF and m[1] == 0xD8
+    if ok and not (m[n - 2] == 0xFF and m[n - 1] == 0xD9):  # EOI not last: allow trailing bytes after it
+        ok = b"\xff\xd9" in m[-_TAIL:].tobytes()
+    if ok:
+        try:
+            ok = tuple(simplejpeg.decode_jpeg_header(a)[:2]) == tuple(src_size)
+        except ValueError:
+            ok = False
+    return None if ok else check_jpeg(a, src_size)
+
+
+class _Source:
+    """The external-source callback: ``source(batch_info)`` → flat arrays of one batch.
+
+    The loader loads an epoch (``load``) *before* DALI prefetches from it, so the right epoch is fed although
+    DALI's own epoch counter knows nothing about ``set_epoch``. Per clip it reads only the sampled frames, checks
+    them cheaply (:func:`precheck_jpeg`) and, with ``on_bad="replace"``, replaces a bad clip by the next good row
+    exactly as the torch backend does. Every served batch is remembered (in order) until its pixels are consumed:
+    labels and plans come from there, and so does the culprit when DALI fails on a batch.
+    """
+
+    def __init__(self, planner, fetch, *, on_bad: str, dataset: str, split: str, strict: bool = False,
+                 two_step: bool = False):
+        self.planner, self.fetch, self.two_step = planner, fetch, bool(two_step)
+        self.check = check_jpeg if strict else precheck_jpeg
+        self.on_bad, self.dataset, self.split = on_bad, dataset, split
+        self.epoch, self.batches, self.first = 0, [], 0
+        self.in_flight: collections.deque = collections.deque()
+        self.bad: set[int] = set()  # rows known bad (replace mode)
+        self.replaced = 0
+        self.read_s = 0.0
+
+    def load(self, epoch: int, batches, first: int = 0):
+        self.epoch, self.batches, self.first = int(epoch), batches, int(first)
+        self.in_flight.clear()
+
+    def error(self, plan: ClipPlan, frame: int, reason: str) -> FrameError:
+        """Worded as the torch backend words it."""
+        return FrameError(f"{self.dataset} {self.split}: clip {plan.key!r} (row {plan.clip}) frame {frame}: "
+                          f"corrupt JPEG ({reason})")
+
+    def read_clip(self, clip: int):
+        """``(plans, frames per plan)`` of row ``clip``: its views and their T encoded frames."""
+        plans = self.planner.plans(clip, self.epoch)
+        wanted = sorted({j for p in plans for j in p.frames})
+        bufs = dict(zip(wanted, self.fetch(clip, wanted)))
+        return plans, [[bufs[j] for j in p.frames] for p in plans], bufs
+
+    def load_clip(self, clip: int):
+        n = self.planner.n
+        for attempt in range(MAX_REPLACE_TRIES):
+            cand = (clip + attempt) % n
+            if cand in self.bad:
+                self.replaced += 1
+                continue
+            plans, frames, bufs = self.read_clip(cand)
+            err = next((self.error(plans[0], j, r) for j, b in bufs.items()
+                        if (r := self.check(b, plans[0].src_size)) is not None), None)
+            if err is None:
+                return plans, frames
+            if self.on_bad != "replace":
+                raise err
+            log.warning("%s; replaced by the next clip (on_bad='replace')", err)
+            self.bad.add(cand)
+            self.replaced += 1
+        raise FrameError(f"{self.dataset} {self.split}: {MAX_REPLACE_TRIES} consecutive clips from row {clip} "
+                         "are bad; giving up (run tools/convert_dataset.py verify)")
+
+    def __call__(self, info):
+        i = self.first + info.iteration
+        if i >= len(self.batches):
+            raise StopIteration
+        t0 = time.perf_counter()
+        videos = [self.load_clip(int(c)) for c in self.batches[i]]
+        plans = [p for ps, _ in videos for p in ps]
+        frames = [f for _, fs in videos for f in fs]
+        self.in_flight.append((i, [ps for ps, _ in videos], frames))
+        out = flatten_clips(plans, frames, [(i << 20) | j for j in range(len(plans))], two_step=self.two_step)
+        self.read_s += time.perf_counter() - t0
+        return out
+
+    def diagnose(self, err: Exception) -> tuple[Exception, int | None]:
+        """After DALI failed: the FrameError naming the first bad frame in flight (oldest batch first) and its
+        row; a RuntimeError carrying DALI's words (and ``None``) when every frame decodes on the host."""
+        for _, videos, _ in self.in_flight:
+            for plans in videos:
+                plan = plans[0]
+                wanted = sorted({j for p in plans for j in p.frames})
+                for j, buf in zip(wanted, self.fetch(plan.clip, wanted)):
+                    reason = check_jpeg(buf, plan.src_size)
+                    if reason is not None:
+                        return self.error(plan, j, reason), plan.clip
+        lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+        return RuntimeError(f"{self.dataset} {self.split}: DALI failed on a batch whose JPEGs all decode on the "
+                            f"host: {' | '.join(lines[-4:])}"), None
+
+
+# --------------------------------------------------------------------------------------------------- loader
+class DaliLoader:
+    """Iterable over one rank's batches of an epoch, executed by DALI (output: see :mod:`pipelines.loader`):
+    ``clips`` (B, T, 3, H, W) -- (B, V, T, 3, H, W) in ``test`` mode -- uint8 or normalised float32, and
+    ``labels`` (B,) int64, both on ``device``.
+
+    Args:
+        planner: a :class:`pipelines.loader.Planner` (or anything with ``batches(epoch)`` -> arrays of rows,
+            ``plans(row, epoch)`` -> the row's view plans, ``mode``, ``views``, ``n``, ``batch_size``,
+            ``num_segments``, ``size`` and ``__len__``): the *shared* plans, so every backend executes the same.
+        fetch: ``fetch(row, frame_indices) -> encoded JPEGs`` (:meth:`pipelines.reader.ShardDataset.frames`).
+        dataset, split: for messages. device: torch device of the outputs (CUDA needs a GPU DALI can see).
+        normalize: float32 ``(x/255 - mean) / std`` instead of uint8 (done inside the DALI graph).
+        on_bad: ``raise`` a FrameError naming dataset, split, clip key, row and frame, or ``replace`` the clip
+            by the next good row (``replaced`` counts them).
+        num_threads: DALI CPU threads. prefetch: DALI prefetch queue depth (batches).
+        seed: DALI's own seed (the graph draws no random numbers; all randomness is in the plans).
+        record: keep ``served``: ``(batch index, [view plans per clip])`` of every batch yielded this epoch.
+        strict: decode every frame on the host first (libjpeg-turbo, strict) -- slow; see "Bad input" below.
+        two_step: resample the decoded window twice (to the crop's size in the pre-resized frame, then to
+            ``size``) like the reference, or once, straight to ``size``. ``None`` (default): twice only where
+            the reference resamples twice (train with a pre-resize: Jester, EgoGesture), since that is where
+            one resampling differs visibly (sharper: mean |Δ| 2.3/255 vs 0.3 on the test trees); costs one more
+            resize (measured ~25% fewer clips/s on CPU).
+
+    Bad input: not-a-JPEG bytes, truncated streams and frames whose size differs from the shard's are caught
+    by a cheap host check (header + markers) or by DALI itself, and reported exactly like the torch backend. A
+    stream whose *entropy-coded data* is damaged but whose structure is intact is only a libjpeg *warning*: the
+    torch backend (strict decode) rejects it, DALI/nvJPEG decode it to wrong pixels. ``strict=True`` closes the
+    gap at the cost of a host decode; ``tools/convert_dataset.py verify --decode`` checks shards offline.
+    """
+
+    def __init__(self, planner, fetch: Callable, *, dataset: str = "dataset", split: str = "?", device=None,
+                 normalize: bool = True, mean=IMAGENET_MEAN, std=IMAGENET_STD, on_bad: str = "raise",
+                 num_threads: int = 2, prefetch: int = 2, seed: int = 0, epoch: int = 0, record: bool = False,
+                 strict: bool = False, two_step: bool | None = None):
+        import_dali()  # fail early, with the install hint
+        if on_bad not in ("raise", "replace"):
+            raise ValueError(f"on_bad must be 'raise' or 'replace', got {on_bad!r}")
+        self.planner = planner
+        self.T = int(planner.num_segments)
+        self.out_size = (int(planner.size), int(planner.size))
+        self.views = planner.mode == "test"
+        self.dataset, self.split = dataset, split
+        self.normalize = bool(normalize)
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.num_threads = max(1, int(num_threads))
+        self.prefetch = max(1, int(prefetch))
+        self.seed = int(seed)
+        self.epoch = int(epoch)
+        self.record = bool(record)
+        self.served: list = []
+        self.gpu, self.device_id, self.device = resolve_device(device)
+        if two_step is None:  # two resamplings only where the reference has two (a pre-resize *and* a rescaled crop)
+            preset = getattr(planner, "preset", None)
+            two_step = planner.mode == "train" and preset is not None and preset.train_resize != "none"
+        self.two_step = bool(two_step)
+        self._source = _Source(planner, fetch, on_bad=on_bad, dataset=dataset, split=split, strict=strict,
+                               two_step=self.two_step)
+        self._iter = None  # DALIGenericIterator, built on first use
+        self._clean = False  # the DALI iterator finished its last epoch: reset() is allowed
+        # profile_loader's stages: read = host (plans, shard bytes, checks, flattening: the external source);
+        # decode = waiting for DALI (decode + resize + flip + normalise); to_device = copies after DALI.
+        self.stage_s = {"read": 0.0, "decode": 0.0, "augment": 0.0, "to_device": 0.0}
+        self.batches_seen = 0
+
+    @property
+    def replaced(self) -> int:
+        """Bad clips replaced so far (``on_bad="replace"``)."""
+        return self._source.replaced
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch the next ``iter()`` produces (reshuffle, new frames/crops/flips)."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.planner)
+
+    def close(self) -> None:
+        """Release the DALI pipeline (the next ``iter()`` builds a new one)."""
+        self._iter = None
+        self._clean = False
+
+    def _build(self):
+        from nvidia.dali.plugin.pytorch import DALIGenericIterator  # noqa: PLC0415
+
+        max_frames = self.planner.batch_size * self.planner.views * self.T
+        pipe = build_pipeline(self._source, max_frames=max_frames, out_size=self.out_size, gpu=self.gpu,
+                              device_id=self.device_id, num_threads=self.num_threads, prefetch=self.prefetch,
+                              normalize=self.normalize, mean=self.mean, std=self.std, seed=self.seed,
+                              two_step=self.two_step)
+        self._iter = DALIGenericIterator([pipe], list(OUTPUT_NAMES), auto_reset=False, prepare_first_batch=False)
+
+    def _start(self, batches, first: int):
+        """Point the source at ``batches[first:]`` and (re)start DALI on them."""
+        self._source.load(self.epoch, batches, first)
+        reuse = self._iter is not None and self._clean and first == 0
+        self._clean = False
+        try:
+            if reuse:
+                self._iter.reset()  # DALI prefetches from the batches just loaded (the source may raise here)
+            else:
+                self.close()
+                self._build()
+        except BaseException:
+            self.close()
+            raise
+
+    def _next(self):
+        """Next DALI output; a failure is turned into the FrameError naming the clip (or replaced)."""
+        try:
+            return next(self._iter)
+        except FrameError:  # raised by the source (on_bad="raise")
+            self.close()
+            raise
+        except StopIteration:
+            self.close()
+            raise RuntimeError("dali backend: the pipeline ended before the epoch did") from None
+        except RuntimeError as e:  # DALI's "Critical error in pipeline": this pipeline is unusable now
+            self.close()
+            err, row = self._source.diagnose(e)
+            if row is None or self._source.on_bad != "replace":
+                raise err from None
+            log.warning("%s; replaced by the next clip (on_bad='replace')", err)
+            self._source.bad.add(row)  # load_clip skips it (and counts the replacement) from now on
+            return None
+
+    def __iter__(self) -> Iterator[tuple["object", "object"]]:
+        import torch  # noqa: PLC0415
+
+        batches = self.planner.batches(self.epoch)
+        self.served = []
+        if not batches:
+            return
+        T = self.T
+        self._start(batches, 0)
+        i = 0
+        while i < len(batches):
+            t0 = time.perf_counter()
+            out = self._next()
+            if out is None:  # a bad clip found by DALI was marked: restart from the batch in flight
+                self._start(batches, i)
+                continue
+            t1 = time.perf_counter()
+            self.stage_s["decode"] += t1 - t0
+            bi, videos, _ = self._source.in_flight.popleft()
+            frames = out[0]["frames"]
+            pos = out[0]["position"].reshape(-1)[::T].tolist()
+            n_plans = sum(len(v) for v in videos)
+            if bi != i or pos != [(i << 20) | j for j in range(n_plans)]:
+                self.close()
+                raise RuntimeError(f"dali backend: batch order broken (batch {i}: got {bi}, positions {pos[:3]}...)")
+            b, v = len(videos), len(videos[0])
+            clips = frames.view(b, v, T, *frames.shape[1:]) if self.views else frames.view(b, T, *frames.shape[1:])
+            labels = torch.tensor([ps[0].label for ps in videos], dtype=torch.int64)
+            if clips.device != self.device:
+                clips = clips.to(self.device)
+            labels = labels.to(clips.device, non_blocking=True)
+            self.stage_s["to_device"] += time.perf_counter() - t1
+            self.stage_s["read"] = self._source.read_s
+            if self.record:
+                self.served.append((i, videos))
+            self.batches_seen += 1
+            i += 1
+            yield clips, labels
+        try:  # take DALI's end-of-epoch marker, so the next epoch can reset() instead of rebuilding
+            next(self._iter)
+        except StopIteration:
+            self._clean = True
+        else:
+            self.close()
+            raise RuntimeError("dali backend: the pipeline produced more batches than the epoch has")
+
+
+def build_dali_loader(*, data, split, mode, batch_size, num_segments, size, rank, world, workers, seed, epoch,
+                      device, normalize, flip, test_clips, test_crops, test_sampling, drop_last, on_bad, raw=None,
+                      num_threads: int | None = None, prefetch: int = 2, record: bool = False,
+                      strict: bool = False, resample: str = "auto", verify: bool = False) -> DaliLoader:
+    """The ``dali`` backend (plug-in contract in :mod:`pipelines.loader`). ``raw`` is ignored.
+
+    Sharding by global rank is the shared :class:`~pipelines.loader.Planner`'s (rank ``r`` reads
+    ``order[r::world]``, DALI's ``shard_id=rank, num_shards=world``); every epoch reshuffles (train);
+    val/test cover every clip once, the last batch short. Options: ``num_threads`` (DALI CPU threads; default
+    ``max(workers, 1)`` -- DALI's threads take the place of DataLoader workers), ``prefetch`` (DALI queue depth,
+    batches), ``resample`` (``"auto"``: resample twice only where the reference does, ``"twice"``, ``"once"``:
+    see ``two_step`` in :class:`DaliLoader`), ``record`` (keep the plans served, for tests), ``strict``
+    (host-decode every frame first, see :class:`DaliLoader`), ``verify`` (re-hash shards first).
+    """
+    import_dali()  # the install hint, before any file is opened
+    modes = {"auto": None, "twice": True, "once": False}
+    if resample not in modes:
+        raise ValueError(f"dali backend: resample must be one of {', '.join(modes)}, got {resample!r}")
+    from pipelines.loader import Planner  # noqa: PLC0415
+    from pipelines.reader import ShardDataset  # noqa: PLC0415
+
+    shards = ShardDataset(data, split, verify=verify)
+    planner = Planner(shards.metadata(), dataset=shards.dataset, classes=shards.classes, mode=mode,
+                      batch_size=batch_size, num_segments=num_segments, size=size, rank=rank, world=world, seed=seed,
+                      flip=flip, test_clips=test_clips, test_crops=test_crops, test_sampling=test_sampling,
+                      drop_last=drop_last)
+    preset = planner.preset
+    return DaliLoader(planner, shards.frames, dataset=shards.dataset, split=split, device=device,
+                      normalize=normalize, mean=preset.mean, std=preset.std, on_bad=on_bad,
+                      num_threads=num_threads if num_threads is not None else max(1, int(workers)),
+                      prefetch=prefetch, seed=seed, epoch=epoch, record=record, strict=strict,
+                      two_step=modes[resample])
