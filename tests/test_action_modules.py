@@ -1,0 +1,145 @@
+"""Temporal modules: exact shift initialisation, and the optimised ACTION module against the line-by-line
+official formulation (bench/action_reference.py) on random weights, train and eval, forward and backward."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from action.temporal import Action, TemporalShift, init_shift_weight, temporal_shift
+from bench.action_reference import ReferenceAction
+
+
+def _randomise(module: nn.Module, seed: int = 0) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+        for name, b in module.named_buffers():
+            if name.endswith("running_mean"):
+                b.copy_(torch.randn(b.shape, generator=g) * 0.1)
+            elif name.endswith("running_var"):
+                b.copy_(torch.rand(b.shape, generator=g) + 0.5)
+
+
+def _pair(c: int = 64, t: int = 4, shift_div: int = 8, seed: int = 0):
+    torch.manual_seed(seed)
+    opt = Action(nn.Conv2d(c, 32, 3, padding=1, bias=False), n_segment=t, shift_div=shift_div)
+    _randomise(opt, seed)
+    ref = ReferenceAction(nn.Conv2d(c, 32, 3, padding=1, bias=False), n_segment=t, shift_div=shift_div)
+    ref.load_state_dict(opt.state_dict())
+    return opt, ref
+
+
+def _close(a: torch.Tensor, b: torch.Tensor, rtol: float = 1e-5, atol: float = 1e-5) -> None:
+    scale = max(1.0, b.abs().max().item())
+    assert (a - b).abs().max().item() <= atol * scale + rtol * scale, (a - b).abs().max().item()
+
+
+def test_shift_initialisation_is_exact():
+    a = Action(nn.Conv2d(64, 16, 1, bias=False), n_segment=8, shift_div=8)
+    w = a.action_shift.weight.detach()
+    assert w.shape == (64, 1, 3)
+    expected = torch.zeros(64, 1, 3)
+    expected[:8, 0, 2] = 1      # next frame
+    expected[8:16, 0, 0] = 1    # previous frame
+    expected[16:, 0, 1] = 1     # identity
+    assert torch.equal(w, expected)
+    assert a.action_shift.weight.requires_grad
+    # shift_div leaving no identity channels, and a fold that does not divide C
+    w2 = init_shift_weight(torch.empty(4, 1, 3), 2)
+    assert torch.equal(w2, torch.tensor([[[0., 0., 1.]], [[0., 0., 1.]], [[1., 0., 0.]], [[1., 0., 0.]]]))
+    w3 = init_shift_weight(torch.empty(20, 1, 3), 20 // 8)
+    assert w3[:2, 0, 2].eq(1).all() and w3[2:4, 0, 0].eq(1).all() and w3[4:, 0, 1].eq(1).all()
+    assert w3.sum().item() == 20
+
+
+def test_action_layer_shapes_and_names():
+    a = Action(nn.Conv2d(256, 64, 1, bias=False), n_segment=8)
+    sd = a.state_dict()
+    for key, shape in {
+        "net.weight": (64, 256, 1, 1), "action_shift.weight": (256, 1, 3), "action_p1_conv1.weight": (1, 1, 3, 3, 3),
+        "action_p2_squeeze.weight": (16, 256, 1, 1), "action_p2_conv1.weight": (16, 16, 3),
+        "action_p2_expand.weight": (256, 16, 1, 1), "action_p3_squeeze.weight": (16, 256, 1, 1),
+        "action_p3_bn1.weight": (16,), "action_p3_bn1.running_var": (16,), "action_p3_conv1.weight": (16, 1, 3, 3),
+        "action_p3_expand.weight": (256, 16, 1, 1),
+    }.items():
+        assert tuple(sd[key].shape) == shape, key
+    assert set(ReferenceAction(nn.Conv2d(256, 64, 1, bias=False)).state_dict()) == set(sd)
+
+
+def test_temporal_shift_equals_depthwise_conv1d():
+    torch.manual_seed(0)
+    n, t, c, h, w = 2, 5, 12, 3, 4
+    x = torch.randn(n, t, c, h, w)
+    weight = torch.randn(c, 1, 3)
+    ours = temporal_shift(x, weight)
+    ref = F.conv1d(x.permute(0, 3, 4, 2, 1).reshape(-1, c, t), weight, padding=1, groups=c)
+    ref = ref.view(n, h, w, c, t).permute(0, 4, 3, 1, 2)
+    torch.testing.assert_close(ours, ref, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("train", [True, False])
+@pytest.mark.parametrize("c, hw, t", [(64, 8, 4), (32, 5, 3), (128, 4, 8), (32, 11, 3)])
+def test_action_matches_reference(train, c, hw, t):
+    opt, ref = _pair(c=c, t=t)
+    opt.train(train)
+    ref.train(train)
+    torch.manual_seed(1)
+    x = torch.randn(2 * t, c, hw, hw)
+    x1 = x.clone().requires_grad_()
+    x2 = x.clone().requires_grad_()
+    o1, o2 = opt(x1), ref(x2)
+    _close(o1, o2)
+    g = torch.randn_like(o1)
+    o1.backward(g)
+    o2.backward(g)
+    _close(x1.grad, x2.grad)
+    for (n1, p1), (n2, p2) in zip(opt.named_parameters(), ref.named_parameters()):
+        assert n1 == n2
+        _close(p1.grad, p2.grad, rtol=1e-4)
+    if train:  # BN running statistics moved identically
+        torch.testing.assert_close(opt.action_p3_bn1.running_var, ref.action_p3_bn1.running_var)
+        torch.testing.assert_close(opt.action_p3_bn1.running_mean, ref.action_p3_bn1.running_mean)
+
+
+def test_action_channels_last_matches():
+    opt, ref = _pair(c=64, t=4)
+    opt.eval()
+    ref.eval()
+    x = torch.randn(8, 64, 6, 6)
+    xc = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    out = opt(xc)
+    _close(out, ref(x))
+    out.sum().backward()
+    assert xc.grad is not None and torch.isfinite(xc.grad).all()
+
+
+def test_action_bf16_autocast_runs():
+    opt, ref = _pair(c=64, t=4)
+    opt.eval()
+    x = torch.randn(8, 64, 6, 6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = opt(x)
+    assert out.dtype == torch.bfloat16
+    rel = (out.float() - ref.eval()(x)).abs().max() / ref(x).abs().max()
+    assert rel < 0.05
+
+
+def test_action_rejects_bad_batch():
+    a = Action(nn.Conv2d(32, 8, 1, bias=False), n_segment=4)
+    with pytest.raises(ValueError, match="multiple of n_segment"):
+        a(torch.randn(6, 32, 4, 4))
+
+
+def test_tsm_shift_moves_folds():
+    net = nn.Identity()
+    tsm = TemporalShift(net, n_segment=3, shift_div=4)
+    x = torch.arange(3 * 8, dtype=torch.float32).view(3, 8, 1, 1)  # one clip, T=3, C=8
+    out = tsm(x).view(3, 8)
+    xv = x.view(3, 8)
+    assert torch.equal(out[:2, :2], xv[1:, :2]) and out[2, :2].eq(0).all()          # next frame
+    assert torch.equal(out[1:, 2:4], xv[:-1, 2:4]) and out[0, 2:4].eq(0).all()      # previous frame
+    assert torch.equal(out[:, 4:], xv[:, 4:])                                        # untouched
+    assert list(tsm.parameters()) == []
