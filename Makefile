@@ -7,13 +7,21 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
 DATASET ?= egogesture
+DATA ?= data/shards/$(DATASET)
+BACKEND ?= torch
+RUN ?= runs/$(DATASET)-$(BACKEND)
+GPUS ?=
+comma := ,
+NGPUS := $(words $(subst $(comma), ,$(GPUS)))
+NPROC ?= $(if $(GPUS),$(NGPUS),1)
+ARGS ?=
 RAW ?= data/raw/$(DATASET)
 OUT ?= data/shards/$(DATASET)
 WORKERS ?= 2
 CONVERT_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: help venv test test-faults convert verify bench bench-convert bench-model profile demo train clean
+.PHONY: help venv test test-faults convert verify bench bench-convert bench-model profile demo train validate clean
 
 help: ## this list
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  %-15s %s\n", $$1, $$2}'
@@ -44,6 +52,17 @@ verify: $(STAMP) ## re-hash and check the shards in OUT
 
 bench-convert: $(STAMP) ## conversion MB/s (1 and 2 workers) vs tar on a generated tree
 	$(PY) bench/bench_convert.py --out bench/results
+
+validate: $(STAMP) ## check a training config (DATASET, DATA, BACKEND, RUN, ARGS) without starting anything
+	$(PY) train.py validate --dataset $(DATASET) --data $(DATA) --backend $(BACKEND) --run-dir $(RUN) $(ARGS) > /dev/null
+
+train: validate ## DDP training: make train DATASET=jester GPUS=0,1,2,3 [BACKEND=dali] [DATA=…] [RUN=…] [NPROC=2] [ARGS=…]
+	CUDA_VISIBLE_DEVICES=$(GPUS) OMP_NUM_THREADS=$${OMP_NUM_THREADS:-$(if $(GPUS),4,1)} $(VENV)/bin/torchrun --standalone \
+	  --nproc_per_node=$(NPROC) train.py train --dataset $(DATASET) --data $(DATA) --backend $(BACKEND) --run-dir $(RUN) $(ARGS)
+
+profile: $(STAMP) ## loader clips/s: folder vs torch vs dali vs decode ceiling on a generated 320x240 tree
+	$(PY) tools/profile_loader.py --generate data/profile --backends folder,torch,torch:fused,dali --batch-size 8 \
+	  --batches 30 --workers 2 --json bench/results/profile_loader.json --plot bench/results/profile_loader.png
 
 clean: ## remove generated data and runs (keeps .venv)
 	rm -rf data runs .pytest_cache

@@ -1,0 +1,213 @@
+"""train.py: config validation, DDP train + exact eval, kill -9 resume equality, NaN stop, official checkpoints.
+
+CPU only, small: ResNet-18 ACTION, 4 segments, 64 px, generated Jester-layout shards.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import train as T
+
+ROOT = Path(__file__).resolve().parent.parent
+TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
+SMALL = ["--arch", "resnet18", "--num-segments", "4", "--size", "64", "--epochs", "2", "--lr-steps", "1",
+         "--workers", "0", "--log-interval", "2", "--ceiling-steps", "1", "--dropout", "0.5", "--flip"]
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    from rawtrees import make_jester
+
+    from pipelines.convert import convert_dataset
+
+    base = tmp_path_factory.mktemp("train-data")
+    # 7 val clips: not divisible by world (2) x per-rank batch (2)
+    make_jester(base / "raw", n_train=16, n_val=7, n_test=2, frames=(6, 10), size=(80, 64), seed=3)
+    convert_dataset("jester", base / "raw", base / "shards", workers=1, shard_mb=0.05, seed=0)
+    return base / "shards"
+
+
+def _env(**extra):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), CUDA_VISIBLE_DEVICES="")
+    env.update(extra)
+    return env
+
+
+def _train_cmd(data, run, *extra, nproc=1):
+    args = ["train", "--dataset", "jester", "--data", str(data), "--run-dir", str(run), "--device", "cpu", *SMALL, *extra]
+    if nproc == 1:
+        return [sys.executable, str(ROOT / "train.py"), *args]
+    return [TORCHRUN, "--standalone", f"--nproc_per_node={nproc}", str(ROOT / "train.py"), *args]
+
+
+def _final_weights(run: Path) -> dict:
+    return torch.load(run / "last.pt", map_location="cpu", weights_only=True)["model"]
+
+
+# -------------------------------------------------------------------------------------------------- config
+def test_config_layers_and_validation(tmp_path):
+    cfg = T.make_config({"dataset": "egogesture", "data": "x"})
+    assert (cfg.epochs, cfg.lr_steps, cfg.batch_size, cfg.lr, cfg.weight_decay, cfg.clip_grad) == \
+        (20, (5, 10, 15), 64, 0.01, 5e-4, 20.0)
+    assert T.make_config({"dataset": "sthv2", "data": "x"}).lr_steps == (30, 40, 45)
+    assert T.make_config({"dataset": "jester", "data": "x", "lr_steps": "3,7"}).lr_steps == (3, 7)
+    with pytest.raises(T.ConfigError) as e:
+        T.make_config({"dataset": "jester", "data": "x", "lr": "-1", "batch_size": "0", "backend": "pil"})
+    msg = str(e.value)
+    assert "--lr=-1.0" in msg and "> 0.0" in msg and "--batch-size=0" in msg and "one of torch, dali, ffcv, folder" in msg
+    with pytest.raises(T.ConfigError, match="--data is required"):
+        T.make_config({"dataset": "jester"})
+    f = tmp_path / "c.toml"
+    f.write_text("epochs = 3\nunknown_key = 1\n")
+    with pytest.raises(T.ConfigError, match="unknown keys"):
+        T.make_config({"dataset": "jester", "data": "x"}, str(f))
+
+
+def test_lr_schedule():
+    cfg = T.make_config({"dataset": "jester", "data": "x"})
+    assert [round(T.lr_at(cfg, e), 8) for e in (0, 4, 5, 9, 10, 15, 24)] == \
+        [0.01, 0.01, 0.001, 0.001, 0.0001, 0.00001, 0.00001]
+
+
+def test_cli_rejects_bad_config_before_work(tmp_path):
+    r = subprocess.run(_train_cmd(tmp_path / "nodata", tmp_path / "run", "--lr", "0"), capture_output=True,
+                       text=True, env=_env(), timeout=120)
+    assert r.returncode == 2 and "--lr=0.0 is not allowed" in r.stderr
+    assert not (tmp_path / "run").exists()
+
+
+# -------------------------------------------------------------------------------------------------- DDP
+def test_ddp_two_process_train_and_exact_eval(shards, tmp_path):
+    run = tmp_path / "ddp"
+    r = subprocess.run(_train_cmd(shards, run, "--batch-size", "4", nproc=2), capture_output=True, text=True,
+                       env=_env(), timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    epochs = [x for x in recs if x["kind"] == "epoch"]
+    assert [e["epoch"] for e in epochs] == [0, 1]
+    for e in epochs:
+        for k in ("train_loss", "val_top1", "val_top5", "clips_per_s", "data_wait"):
+            assert isinstance(e[k], float), k
+        assert e["val_clips"] == 7  # every val clip exactly once across 2 ranks, no padding
+        assert 0.0 <= e["data_wait"] <= 1.0
+    assert json.loads((run / "config.json").read_text())["batch_size"] == 4
+    assert (run / "best.pt").exists() and (run / "last.pt").exists()
+    # single-process eval of the same checkpoint gives the same exact numbers as the 2-rank eval
+    r1 = subprocess.run([sys.executable, str(ROOT / "train.py"), "eval", "--run-dir", str(run), "--checkpoint",
+                         str(run / "last.pt")], capture_output=True, text=True, env=_env(), timeout=300)
+    assert r1.returncode == 0, r1.stderr[-3000:]
+    one = json.loads(r1.stdout.strip().splitlines()[-1])
+    assert one["clips"] == 7
+    assert one["top1"] == pytest.approx(epochs[-1]["val_top1"]) and one["top5"] == pytest.approx(epochs[-1]["val_top5"])
+
+
+# -------------------------------------------------------------------------------------------------- resume
+def test_kill9_mid_epoch_then_resume_equals_uninterrupted(shards, tmp_path):
+    common = ("--batch-size", "2", "--ckpt-every", "2")
+    ref = tmp_path / "ref"
+    r = subprocess.run(_train_cmd(shards, ref, *common), capture_output=True, text=True, env=_env(), timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+    run = tmp_path / "killed"
+    p = subprocess.Popen(_train_cmd(shards, run, *common), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                         env=_env())
+    deadline = time.time() + 300
+    killed_at = None
+    while time.time() < deadline and p.poll() is None:
+        if (run / "last.pt").exists():
+            ck = torch.load(run / "last.pt", map_location="cpu", weights_only=True)
+            if ck["epoch"] == 0 and ck["step_in_epoch"] >= 4:  # mid-epoch 0, after 2 step checkpoints
+                os.kill(p.pid, signal.SIGKILL)
+                killed_at = (ck["epoch"], ck["step_in_epoch"])
+                break
+        time.sleep(0.05)
+    p.wait(timeout=60)
+    assert killed_at is not None, "the run finished before it could be killed mid-epoch"
+    r = subprocess.run(_train_cmd(shards, run, *common, "--resume"), capture_output=True, text=True, env=_env(),
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    a, b = _final_weights(ref), _final_weights(run)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs after kill -9 at {killed_at} + --resume"
+
+
+def test_resume_refuses_changed_config(shards, tmp_path):
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps(T.make_config({"dataset": "jester", "data": str(shards)}).to_json()))
+    r = subprocess.run(_train_cmd(shards, run, "--resume"), capture_output=True, text=True, env=_env(), timeout=120)
+    assert r.returncode == 2 and "these options differ" in r.stderr
+
+
+# -------------------------------------------------------------------------------------------------- failures
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(shards, tmp_path, monkeypatch):
+    run = tmp_path / "nan"
+    cfg = T.make_config({"dataset": "jester", "data": str(shards), "run_dir": str(run), "device": "cpu",
+                         "arch": "resnet18", "num_segments": 4, "size": 64, "epochs": 3, "batch_size": 2,
+                         "workers": 0, "log_interval": 1, "ceiling_steps": 0, "eval_every": 0})
+    real = T.build_model_for
+    calls = {"n": 0}
+
+    def poisoned(cfg_, num_classes, info):
+        model = real(cfg_, num_classes, info)
+
+        def hook(mod, inp, out):
+            calls["n"] += 1
+            return out * float("nan") if calls["n"] > 9 else out  # epoch 0 (8 steps) and 1 step are fine
+        model.register_forward_hook(hook)
+        return model
+
+    monkeypatch.setattr(T, "build_model_for", poisoned)
+    with pytest.raises(T.TrainingError, match=r"loss is nan at epoch 2 step 2.*last\.pt"):
+        T.run_training(cfg, resume=False)
+    ck = torch.load(run / "last.pt", map_location="cpu", weights_only=True)
+    assert ck["epoch"] == 1 and ck["step_in_epoch"] == 0
+    assert all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
+
+
+def test_checkpoint_disk_full_keeps_previous(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    T.atomic_torch_save({"a": torch.ones(3)}, path)
+
+    def full(*a, **k):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(T.TrainingError, match="no space left"):
+        T.atomic_torch_save({"a": torch.zeros(3)}, path)
+    assert torch.equal(torch.load(path, weights_only=True)["a"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+# -------------------------------------------------------------------------------------------------- official weights
+def test_eval_released_checkpoint_in_official_naming(shards, tmp_path):
+    from action import build_model
+
+    torch.manual_seed(5)
+    model = build_model(arch="resnet18", num_classes=27, num_segments=4, temporal="action")
+    official = {"state_dict": {"module." + k: v for k, v in model.state_dict().items()}}
+    ck = tmp_path / "official.pth.tar"
+    torch.save(official, ck)
+    run = tmp_path / "ev"
+    base = [sys.executable, str(ROOT / "train.py"), "eval", "--dataset", "jester", "--data", str(shards),
+            "--run-dir", str(run), "--device", "cpu", "--arch", "resnet18", "--num-segments", "4", "--size", "64",
+            "--batch-size", "3", "--workers", "0"]
+    r = subprocess.run(base + ["--checkpoint", str(ck)], capture_output=True, text=True, env=_env(), timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    assert res["clips"] == 7 and 0.0 <= res["top1"] <= res["top5"] <= 100.0
+    # a mis-shaped checkpoint is one clear line, not a traceback
+    bad = {"state_dict": {"base_model.fc.weight": torch.zeros(1)}}
+    torch.save(bad, tmp_path / "bad.pth")
+    r = subprocess.run(base + ["--checkpoint", str(tmp_path / "bad.pth")], capture_output=True, text=True,
+                       env=_env(), timeout=300)
+    assert r.returncode != 0 and "Traceback" not in r.stderr and "bad.pth" in r.stderr
