@@ -64,5 +64,10 @@ profile: $(STAMP) ## loader clips/s: folder vs torch vs dali vs decode ceiling o
 	$(PY) tools/profile_loader.py --generate data/profile --backends folder,torch,torch:fused,dali --batch-size 8 \
 	  --batches 30 --workers 2 --json bench/results/profile_loader.json --plot bench/results/profile_loader.png
 
+bench-model: $(STAMP) ## ACTION module cost: optimised vs the official formulation (CPU)
+	$(PY) bench/bench_model.py --out bench/results
+
+bench: bench-convert bench-model profile ## all benchmarks (results under bench/results/)
+
 clean: ## remove generated data and runs (keeps .venv)
 	rm -rf data runs .pytest_cache
