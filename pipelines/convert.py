@@ -68,6 +68,17 @@ class Folder:
 def scan_folder(raw: str, folder: str) -> Folder:
     """List ``RAW/folder`` and check it (no frame is opened). Raises FrameError."""
     path = os.path.join(raw, folder)
+    # the tree is RAW/<first component of folder> (frames/); it may itself be a symlink (data on another
+    # disk), but nothing inside it may resolve outside it
+    parts = folder.split("/")
+    top = os.path.realpath(os.path.join(raw, parts[0] if len(parts) > 1 else "")).rstrip(os.sep) + os.sep
+
+    def outside(p: str) -> bool:
+        return not os.path.realpath(p).startswith(top)
+
+    if outside(path):
+        raise bad(FrameError, path, f"frame folder resolves to {os.path.realpath(path)}, outside {top} "
+                                    "(symlink out of the dataset tree)")
     try:
         entries = list(os.scandir(path))
     except FileNotFoundError:
@@ -81,6 +92,9 @@ def scan_folder(raw: str, folder: str) -> Folder:
         if e.name.startswith("."):
             continue
         m = _FRAME.match(e.name)
+        if e.is_symlink() and outside(e.path):
+            raise bad(FrameError, e.path, f"frame resolves to {os.path.realpath(e.path)}, outside {top} "
+                                          "(symlink out of the dataset tree)")
         if not m or not e.is_file():
             raise bad(FrameError, os.path.join(path, e.name), "unexpected entry in a frame folder",
                       "frames must be files named <number>.jpg")

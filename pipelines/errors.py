@@ -21,3 +21,8 @@ class FrameError(DataError):
 
 class ShardError(DataError):
     """A shard or manifest is missing, corrupt, or does not match its checksum."""
+
+
+class ClipError(DataError, ValueError):
+    """A clip's frame count or frame size cannot be sampled or cropped (zero frames, a zero-sized frame, a
+    crop larger than the frame). Also a ``ValueError``, which these pure functions raised before."""

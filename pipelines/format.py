@@ -21,6 +21,7 @@ Extra keys are allowed (e.g. ``"options"``); the ones above are required and val
 from __future__ import annotations
 
 import json
+import os
 import posixpath
 from typing import Any
 
@@ -64,6 +65,18 @@ def safe_relpath(path: str, *, where: str = "manifest") -> str:
     if norm.startswith("../") or norm == ".." or "/../" in f"/{norm}/" or norm == ".":
         raise ShardError(f"{where}: shard path {path!r} escapes the dataset root")
     return norm
+
+
+def check_inside(root: str, path: str, *, where: str = "manifest") -> None:
+    """Raise ShardError unless local ``path`` resolves (symlinks followed) inside ``root``.
+
+    :func:`safe_relpath` rejects ``..`` and absolute names; this also rejects a shard (or its folder) that is a
+    symlink pointing out of the dataset root."""
+    top = os.path.realpath(root)
+    real = os.path.realpath(path)
+    if real != top and not real.startswith(top.rstrip(os.sep) + os.sep):
+        raise ShardError(f"{where}: shard {path} resolves to {real}, outside the dataset root {top} "
+                         "(symlink out of the tree)")
 
 
 def _req(d: dict, key: str, typ, where: str):

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from pipelines import sampling
+from pipelines.errors import ClipError
 from pipelines.plan import ClipPlan
 from pipelines.presets import Preset, resize_shape
 
@@ -46,7 +47,7 @@ def multiscale_crop_pairs(height: int, width: int, size: int, scales: Sequence[f
     for i, ch in enumerate(snapped):
         for j, cw in enumerate(snapped):
             if abs(i - j) <= max_distort:
-                pairs.append((min(cw, w), min(ch, h)))
+                pairs.append((max(1, min(cw, w)), max(1, min(ch, h))))  # >= 1 px for tiny frames
     return pairs
 
 
@@ -87,7 +88,7 @@ def center_crop(height: int, width: int, crop_h: int, crop_w: int) -> Window:
     round-half-to-even, as torchvision). E.g. 256x341 -> 224: (58, 16, 224, 224). Raises if the crop is larger."""
     h, w, ch, cw = int(height), int(width), int(crop_h), int(crop_w)
     if ch > h or cw > w:
-        raise ValueError(f"centre crop {ch}x{cw} is larger than the frame {h}x{w}")
+        raise ClipError(f"centre crop {ch}x{cw} is larger than the frame {h}x{w}")
     return (int(round((w - cw) / 2.0)), int(round((h - ch) / 2.0)), cw, ch)
 
 
@@ -97,7 +98,7 @@ def three_crops(height: int, width: int, crop: int) -> list[Window]:
     ``(2ws, 2hs)`` -- in the original's order. E.g. 256x341, 224: x = 0, 116, 58; y = 16."""
     h, w, c = int(height), int(width), int(crop)
     if c > h or c > w:
-        raise ValueError(f"3-crop size {c} is larger than the frame {h}x{w}")
+        raise ClipError(f"3-crop size {c} is larger than the frame {h}x{w}")
     ws, hs = (w - c) // 4, (h - c) // 4
     return [(0, 2 * hs, c, c), (4 * ws, 2 * hs, c, c), (2 * ws, 2 * hs, c, c)]
 
@@ -140,6 +141,8 @@ def make_plans(preset: Preset, mode: str, *, clip: int, key: str, label: int, nu
     """
     n, t = int(num_frames), int(num_segments)
     src = (int(src_size[0]), int(src_size[1]))
+    if src[0] < 1 or src[1] < 1:
+        raise ClipError(f"clip {key!r}: frame size {src[1]}x{src[0]} is empty")
     out = (int(size), int(size))
     rng = clip_rng(seed, epoch, clip)
     if mode == "train":

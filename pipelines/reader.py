@@ -55,6 +55,7 @@ class _Shard:
     """One memory-mapped shard: record batches and their row offsets."""
 
     def __init__(self, path: str):
+        self.path = path
         try:
             self.mm = pa.memory_map(path, "r")
             self.reader = pa.ipc.open_file(self.mm)
@@ -69,7 +70,15 @@ class _Shard:
     def batch(self, b: int) -> pa.RecordBatch:
         rb = self.batches[b]
         if rb is None:
-            rb = self.batches[b] = self.reader.get_batch(b)
+            # a corrupt (bit-flipped) batch is a ShardError here, never a crash or garbage offsets later:
+            # full validation checks every offset and the keys' UTF-8, not the frame bytes (sha256: verify)
+            try:
+                rb = self.reader.get_batch(b)
+                rb.validate(full=True)
+            except (OSError, pa.ArrowException) as e:
+                raise ShardError(f"{self.path}: record batch {b} is corrupt ({e}); run tools/convert_dataset.py "
+                                 "verify, then re-run the conversion") from None
+            self.batches[b] = rb
         return rb
 
 
@@ -99,6 +108,7 @@ class ShardDataset:
         self.entries = splits[split]["shards"]
         self.paths = [os.path.join(self.root, *fmt.safe_relpath(e["path"]).split("/")) for e in self.entries]
         for path, e in zip(self.paths, self.entries):
+            fmt.check_inside(self.root, path, where=os.path.join(self.root, fmt.MANIFEST_NAME))
             try:
                 size = os.path.getsize(path)
             except FileNotFoundError:

@@ -19,11 +19,13 @@ Rules, with ``n`` frames and ``T`` segments (``num_segments``):
   numbers. (The original repeated frame 0 ``T`` times, which shows the network one still image.) The same
   formula is the val rule's value at ``n < T``, so val and train agree on short videos.
 
-``n == 0`` raises ``ValueError`` (a clip with no frames is rejected at conversion).
+``n == 0`` raises :class:`~pipelines.errors.ClipError` (a ``ValueError``) (a clip with no frames is rejected at conversion).
 """
 from __future__ import annotations
 
 import numpy as np
+
+from pipelines.errors import ClipError
 
 MODES = ("train", "val", "test")
 TEST_SAMPLING = ("uniform", "random")
@@ -31,9 +33,9 @@ TEST_SAMPLING = ("uniform", "random")
 
 def _check(n: int, t: int) -> None:
     if int(t) < 1:
-        raise ValueError(f"num_segments must be >= 1, got {t}")
+        raise ClipError(f"num_segments must be >= 1, got {t}")
     if int(n) < 1:
-        raise ValueError(f"a video needs at least one frame, got num_frames={n}")
+        raise ClipError(f"a video needs at least one frame, got num_frames={n}")
 
 
 def spread_indices(num_frames: int, num_segments: int) -> np.ndarray:
@@ -82,7 +84,7 @@ def multiclip_indices(num_frames: int, num_segments: int, num_clips: int = 1, *,
     _check(num_frames, num_segments)
     k_clips = int(num_clips)
     if k_clips < 1:
-        raise ValueError(f"num_clips must be >= 1, got {num_clips}")
+        raise ClipError(f"num_clips must be >= 1, got {num_clips}")
     n, t = int(num_frames), int(num_segments)
     if sampling == "random":
         if rng is None:

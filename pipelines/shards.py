@@ -58,9 +58,16 @@ def tmp_name(path: str) -> str:
 def write_bytes_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temporary name + move."""
     tmp = tmp_name(path)
-    with fs.open_output_stream(tmp) as f:
-        f.write(data)
-    fs.move(tmp, path)
+    try:
+        with fs.open_output_stream(tmp) as f:
+            f.write(data)
+        fs.move(tmp, path)
+    except BaseException:
+        try:  # a disk-full write leaves no temp file behind
+            fs.delete_file(tmp)
+        except Exception:  # noqa: BLE001 - best effort cleanup, the original error matters
+            pass
+        raise
 
 
 def write_json_atomic(fs: pafs.FileSystem, path: str, obj) -> None:
@@ -308,6 +315,8 @@ def verify(out, *, decode: bool = False, progress: bool = False) -> None:
     for split, sh in bar:
         rel = fmt.safe_relpath(sh["path"])
         path = join(root, rel)
+        if isinstance(fs, pafs.LocalFileSystem):
+            fmt.check_inside(root, path, where=join(root, fmt.MANIFEST_NAME))
         info = fs.get_file_info(path)
         if info.type != pafs.FileType.File:
             raise ShardError(f"{path}: shard listed in the manifest is missing (re-run the conversion)")

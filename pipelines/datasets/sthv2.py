@@ -38,6 +38,8 @@ def _load_json(path: str):
                   "is --raw the Something-Something V2 root? --splits leaves a split out") from None
     except (ValueError, UnicodeDecodeError) as e:
         raise bad(AnnotationError, path, f"malformed JSON ({e})") from None
+    except RecursionError:  # e.g. "[[[[..." nested deeper than the interpreter's recursion limit
+        raise bad(AnnotationError, path, "malformed JSON (nested too deeply)") from None
     except OSError as e:
         raise bad(AnnotationError, path, f"cannot read ({e})") from None
 
@@ -51,7 +53,7 @@ def load_classes(raw: str) -> list[str]:
     for name, idx in d.items():
         try:
             i = int(idx)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: int(float("inf"))
             raise bad(AnnotationError, path, f"index {idx!r} of {name!r} is not an integer") from None
         if not 0 <= i < len(d) or names[i] is not None:
             raise bad(AnnotationError, path, f"index {i} of {name!r} is out of range or used twice")
