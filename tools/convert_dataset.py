@@ -4,11 +4,13 @@
     convert_dataset.py DATASET --raw RAW --out OUT [options]     DATASET: egogesture | jester | sthv2
     convert_dataset.py convert DATASET --raw RAW --out OUT ...   the same, spelled with a verb
     convert_dataset.py verify OUT [--decode]
+    convert_dataset.py to-ffcv OUT [FILE.beton] [--splits S]    FFCV files for backend="ffcv" (optional)
 
 The engine is :mod:`pipelines.convert`; this file only parses options and prints one-line errors.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
@@ -52,7 +54,7 @@ Run `convert_dataset.py DATASET --help` or `convert_dataset.py verify --help` fo
 
 class _Cli(click.Group):
     def format_commands(self, ctx, formatter):  # keep datasets first, in a fixed order
-        rows = [(n, self.commands[n].get_short_help_str(80)) for n in (*DATASETS, "convert", "verify")]
+        rows = [(n, self.commands[n].get_short_help_str(80)) for n in (*DATASETS, "convert", "verify", "to-ffcv")]
         with formatter.section("Commands"):
             formatter.write_dl(rows)
 
@@ -115,6 +117,11 @@ def _run(dataset: str, raw, out, splits, workers, shard_mb, seed, skip_bad, limi
         _fail(e)
     except ValueError as e:
         raise click.UsageError(str(e)) from None
+    except OSError as e:  # writing OUT failed (disk full, permissions): one line, finished shards are kept
+        if e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT) or "No space left" in str(e):
+            _fail(f"{out}: no space left on device while writing shards; finished shards are kept "
+                  "(free space and run the same command again to resume)")
+        _fail(f"{out}: cannot write the output ({e}); finished shards are kept, run the same command again")
     except KeyboardInterrupt:
         click.echo("interrupted: run the same command again to resume", err=True)
         sys.exit(130)
@@ -178,6 +185,31 @@ def verify_cmd(out, decode, progress):
     n = sum(len(s["shards"]) for s in m["splits"].values())
     clips = sum(s["clips"] for s in m["splits"].values())
     click.echo(f"ok: {out}: {n} shard(s), {clips} clips")
+
+
+@cli.command("to-ffcv")
+@click.argument("shards")
+@click.argument("out", required=False)
+@click.option("--splits", default=None, help="comma-separated splits (default: every split of the manifest)")
+@click.option("--workers", default=1, show_default=True, help="FFCV writer processes")
+@click.option("--progress/--no-progress", default=False, show_default=True, help="FFCV's tqdm bar")
+def to_ffcv_cmd(shards, out, splits, workers, progress):
+    """Write SHARDS' splits as FFCV .beton files (one row per clip: label, frame count, the JPEG bytes behind
+    an offsets header) for backend="ffcv". OUT (one split only) defaults to SHARDS/ffcv/<split>.beton, where
+    the loader looks. Needs ffcv (`make setup-ffcv`)."""
+    from pipelines.ffcv_convert import FfcvUnavailable, to_beton
+    from pipelines.reader import load_manifest
+
+    try:
+        names = [s for s in splits.split(",") if s] if splits else list(load_manifest(shards)["splits"])
+        if out and len(names) != 1:
+            raise click.UsageError("OUT names one .beton: give exactly one split with --splits")
+        for name in names:
+            t0 = time.perf_counter()
+            path = to_beton(shards, name, out, workers=workers, progress=progress)
+            click.echo(f"ok: {path} ({time.perf_counter() - t0:.1f} s)")
+    except (DataError, FfcvUnavailable, ValueError) as e:
+        _fail(e)
 
 
 if __name__ == "__main__":

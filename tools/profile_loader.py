@@ -151,7 +151,9 @@ def profile_backend(backend: str, *, data, raw, split, mode, batch_size, batches
               workers=workers, seed=seed, device=device, normalize=normalize)
     if name == "folder":
         kw["raw"] = raw
-    if variant:  # e.g. torch:fused, torch:pil -> resample option
+    if variant in ("threads", "processes"):  # torch:processes -> the DataLoader-process executor
+        kw["executor"] = variant
+    elif variant:  # e.g. torch:exact, torch:torch, torch:fused -> resample option
         kw["resample"] = variant
     loader = build_loader(data, split, **kw)
     epoch, done, t0 = 0, 0, None
@@ -228,7 +230,9 @@ def plot(results: list, ceiling: dict, num_segments: int, path: str, title: str)
 @click.option("--split", default="train", show_default=True)
 @click.option("--mode", default="train", show_default=True)
 @click.option("--backends", default="folder,torch", show_default=True,
-              help="comma-separated; torch:fused / torch:pil select the torch backend's resample option")
+              help="comma-separated (folder, torch, dali, ffcv); torch:exact / torch:torch / torch:fused select the "
+                   "torch backend's resample option, torch:processes its DataLoader-process executor; ffcv converts "
+                   "<data>/ffcv/<split>.beton first when missing")
 @click.option("--batch-size", default=8, show_default=True)
 @click.option("--batches", default=30, show_default=True, help="timed batches per backend")
 @click.option("--warmup", default=3, show_default=True, help="untimed batches first (worker start-up)")
@@ -266,6 +270,14 @@ def main(data, raw, generate, dataset, clips, frames, split, mode, backends, bat
         names = [b.strip() for b in backends.split(",") if b.strip()]
         if any(n.startswith("folder") for n in names) and not raw:
             raise click.UsageError("the folder backend needs --raw")
+        if any(n.split(":")[0] == "ffcv" for n in names):  # the ffcv backend reads <data>/ffcv/<split>.beton
+            try:
+                from pipelines.ffcv_convert import ensure_beton
+
+                ensure_beton(data, split, workers=max(1, workers))
+            except ImportError as e:
+                click.echo(f"ffcv: skipped ({e})", err=True)
+                names = [n for n in names if n.split(":")[0] != "ffcv"]
         blobs = sampled_bytes(data, split, mode=mode, batch_size=batch_size, num_segments=num_segments, size=size,
                               seed=seed, n_batches=batches)
         # Rounds interleave the backends and the ceiling, so a load burst from elsewhere hits them alike; each
@@ -309,6 +321,9 @@ def main(data, raw, generate, dataset, clips, frames, split, mode, backends, bat
         if base:
             ratios[f"{name}_over_folder"] = float(np.median(
                 [a["clips_per_s"] / b["clips_per_s"] for a, b in zip(runs[name], base)]))
+        if runs.get("torch") and name != "torch":  # the issue-9 comparison: every backend against torch
+            ratios[f"{name}_over_torch"] = float(np.median(
+                [a["clips_per_s"] / b["clips_per_s"] for a, b in zip(runs[name], runs["torch"])]))
         ratios[f"{name}_over_ceiling"] = float(np.median(
             [a["frames_per_s"] / c["decode_only_frames_per_s"] for a, c in zip(runs[name], ceilings)]))
     out = {"results": results, "ceiling": ceiling, "ratios": ratios, "machine": machine_info(workers), "config": cfg}
