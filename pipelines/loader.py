@@ -120,7 +120,8 @@ def build_loader(data, split: str, *, backend: str = "torch", mode: str = "train
         batch_size: clips per batch (per rank).
         num_segments, size: T and the output side (H = W = size).
         rank, world: this process's place in data-parallel training.
-        workers: DataLoader worker processes (0: load in this process).
+        workers: parallel loaders: decode threads for ``torch`` (``executor="processes"``: DataLoader worker
+            processes, as ``folder`` always uses); 0 loads in the calling thread.
         seed, epoch: all randomness derives from (seed, epoch, clip); ``set_epoch`` changes the epoch.
         device: where batches are delivered (``"cpu"``, ``"cuda"``, ``torch.device``).
         normalize: deliver float32 normalised clips instead of uint8.
@@ -130,8 +131,9 @@ def build_loader(data, split: str, *, backend: str = "torch", mode: str = "train
         on_bad: ``raise`` a FrameError naming dataset, clip key and frame on a corrupt JPEG, or ``replace``
             the clip by the next good one (counted in ``loader.replaced`` and logged).
         raw: raw dataset root (``folder`` backend).
-        **options: backend-specific (torch: ``resample="torch"|"pil"``, ``dct_scale=False``,
-            ``decode_device=None|"cuda"``, ``prefetch_factor``).
+        **options: backend-specific (torch: ``resample="auto"|"torch"|"pil"|"exact"|"fused"``,
+            ``executor="threads"|"processes"``, ``channels_last=True``, ``dct_scale=False``,
+            ``decode_device=None|"cuda"``, ``prefetch_factor``; see :mod:`pipelines.backends.torch_backend`).
     """
     import torch
 
