@@ -5,6 +5,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
+FFCV_STAMP := $(VENV)/.ffcv-installed
+FFCV_APT := libopencv-dev libturbojpeg0-dev
 
 DATASET ?= egogesture
 DATA ?= data/shards/$(DATASET)
@@ -21,7 +23,7 @@ WORKERS ?= 2
 CONVERT_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: help venv test test-faults convert verify bench bench-convert bench-model profile demo train validate clean
+.PHONY: help venv setup-ffcv test test-faults test-ffcv convert verify bench bench-convert bench-model profile demo train validate clean
 
 help: ## this list
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  %-15s %s\n", $$1, $$2}'
@@ -37,11 +39,37 @@ $(STAMP): requirements.txt pyproject.toml
 
 venv: $(STAMP) ## create .venv with the pinned dependencies (idempotent)
 
+# FFCV (optional backend): Debian/Ubuntu system libraries (apt-get, only when dpkg says they are missing), then
+# the `ffcv` extra into .venv, keeping the editable install. constraints/ffcv-build.txt must reach the isolated
+# environment in which pip builds FFCV's sdist: PIP_BUILD_CONSTRAINT does that on pip >= 25.3, PIP_CONSTRAINT on
+# older pips (each ignores the other); requirements.txt keeps the pinned stack (numpy, torch) as it is.
+$(FFCV_STAMP): $(STAMP) pyproject.toml requirements.txt constraints/ffcv-build.txt
+	@missing="$$(for p in $(FFCV_APT); do dpkg -s $$p > /dev/null 2>&1 || printf '%s ' $$p; done)"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get > /dev/null; then \
+	    echo "setup-ffcv: installing system libraries: $$missing"; \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing || exit 1; \
+	  else \
+	    echo "setup-ffcv: missing system libraries: $${missing}-- install them as root (apt-get install -y --no-install-recommends $(FFCV_APT)) and run make setup-ffcv again" >&2; \
+	    exit 1; \
+	  fi; \
+	fi
+	PIP_BUILD_CONSTRAINT="$(CURDIR)/constraints/ffcv-build.txt" \
+	  PIP_CONSTRAINT="$(CURDIR)/constraints/ffcv-build.txt $(CURDIR)/requirements.txt" $(PIP) install -q -e '.[ffcv]'
+	@# from outside the repo, so that `pipelines` must come from the editable install
+	cd / && $(abspath $(PY)) -c "import importlib.metadata as m, ffcv, ffcv.libffcv, pipelines; print('setup-ffcv: ffcv', m.version('ffcv'), 'OK; pipelines from', pipelines.__path__[0])"
+	@touch $@
+
+setup-ffcv: $(FFCV_STAMP) ## install the optional FFCV backend (apt libs if missing + the ffcv extra; idempotent)
+
 test: $(STAMP) ## run the test suite (fast fault subset included)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 test-faults: $(STAMP) ## the whole fault-injection suite
 	$(PY) -m pytest -q -m faults --run-all-faults $(PYTEST_ARGS)
+
+test-ffcv: $(FFCV_STAMP) ## just the FFCV backend tests (installs FFCV first)
+	$(PY) -m pytest -q tests/test_ffcv.py $(PYTEST_ARGS)
 
 convert: $(STAMP) ## pack RAW=data/raw/$(DATASET) into OUT=data/shards/$(DATASET)
 	$(PY) tools/convert_dataset.py $(DATASET) --raw $(RAW) --out $(OUT) --workers $(WORKERS) $(CONVERT_ARGS)
@@ -61,8 +89,11 @@ train: validate ## DDP training: make train DATASET=jester GPUS=0,1,2,3 [BACKEND
 	  --nproc_per_node=$(NPROC) train.py train --dataset $(DATASET) --data $(DATA) --backend $(BACKEND) --run-dir $(RUN) $(ARGS)
 
 profile: $(STAMP) ## loader clips/s: folder vs torch vs dali vs decode ceiling on a generated 320x240 tree
-	$(PY) tools/profile_loader.py --generate data/profile --backends folder,torch,torch:fused,dali --batch-size 8 \
+	$(PY) tools/profile_loader.py --generate data/profile --backends folder,torch,torch:torch,torch:exact,dali --batch-size 8 \
 	  --batches 30 --workers 2 --json bench/results/profile_loader.json --plot bench/results/profile_loader.png
+
+demo: $(STAMP) ## the whole product on a generated dataset on CPU: generate, convert, train ACTION vs none, test, report
+	$(PY) tools/demo.py --raw data/raw/demo --data data/shards/demo --runs runs/demo $(ARGS)
 
 bench-model: $(STAMP) ## ACTION module cost: optimised vs the official formulation (CPU)
 	$(PY) bench/bench_model.py --out bench/results

@@ -389,18 +389,28 @@ def atomic_torch_save(obj: dict, path: Path) -> None:
 
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with open(tmp, "wb") as f:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()  # a stale temp file, or a planted symlink: never written through
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        with open(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as e:
+    except (OSError, RuntimeError) as e:
+        # a real ENOSPC inside torch.save surfaces as the zip writer's RuntimeError ("unexpected pos"), with the
+        # OSError as its context: look through the chain
         with contextlib.suppress(OSError):
             tmp.unlink()
-        if e.errno == errno.ENOSPC:
+        cause: BaseException | None = e
+        while cause is not None and not isinstance(cause, OSError):
+            cause = cause.__context__
+        if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
             raise TrainingError(f"{path}: no space left on device while writing the checkpoint; "
                                 "the previous checkpoint is kept — free disk space and run again with --resume") from None
-        raise TrainingError(f"{path}: cannot write checkpoint ({e.strerror})") from None
+        if cause is None:
+            raise
+        raise TrainingError(f"{path}: cannot write checkpoint ({cause.strerror or cause})") from None
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -409,10 +419,20 @@ def atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def check_in_run(path: Path) -> Path:
+    """``path`` (a checkpoint inside a run directory) unless it is a symlink that resolves outside that directory."""
+    top = Path(os.path.realpath(path.parent))
+    real = Path(os.path.realpath(path))
+    if path.is_symlink() and top not in real.parents:
+        raise TrainingError(f"{path}: refusing to load: it is a symlink to {real}, outside the run directory {top}")
+    return path
+
+
 def load_run_checkpoint(path: Path) -> dict:
     import pickle
 
     import torch
+    check_in_run(path)
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -468,6 +488,8 @@ def evaluate(model, loader, cfg: Config, info: DistInfo, *, views: bool = False)
 
     model.eval()
     counts = torch.zeros(4, dtype=torch.float64, device=info.device)  # top1, top5, loss_sum, n
+    num_classes = model.new_fc.out_features
+    per_class = torch.zeros(2, num_classes, dtype=torch.float64, device=info.device)  # top-1 hits, clips per class
     with torch.no_grad(), autocast(cfg, info):
         for clips, labels in loader:
             labels = labels.to(info.device, non_blocking=True)
@@ -485,12 +507,19 @@ def evaluate(model, loader, cfg: Config, info: DistInfo, *, views: bool = False)
             hit = top5 == labels[:, None]
             counts += torch.stack([hit[:, 0].sum().double(), hit.any(1).sum().double(), loss.double(),
                                    torch.tensor(float(len(labels)), device=info.device, dtype=torch.float64)])
+            known = labels >= 0  # hidden test labels are -1
+            per_class[0].index_add_(0, labels[known], hit[known, 0].double())
+            per_class[1].index_add_(0, labels[known], torch.ones_like(labels[known], dtype=torch.float64))
     all_reduce_sum(counts, info)
+    all_reduce_sum(per_class, info)
     top1, top5, loss_sum, n = counts.tolist()
     model.train()
     if n == 0:
-        return {"top1": float("nan"), "top5": float("nan"), "loss": float("nan"), "clips": 0}
-    return {"top1": 100.0 * top1 / n, "top5": 100.0 * top5 / n, "loss": loss_sum / n, "clips": int(n)}
+        return {"top1": float("nan"), "top5": float("nan"), "loss": float("nan"), "clips": 0, "per_class": {}}
+    hits, seen = per_class.tolist()
+    per = {str(c): 100.0 * h / k for c, (h, k) in enumerate(zip(hits, seen)) if k > 0}
+    return {"top1": 100.0 * top1 / n, "top5": 100.0 * top5 / n, "loss": loss_sum / n, "clips": int(n),
+            "per_class": per}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -802,6 +831,8 @@ def _eval_command(mode: str):
         cfg = make_config(overrides, config_file)
         ck = Path(checkpoint) if checkpoint else (run / "best.pt" if (run / "best.pt").exists() else run / "last.pt")
         try:
+            if not checkpoint:
+                check_in_run(ck)
             res = run_eval(cfg, ck, mode, split)
         except (TrainingError, OSError) as e:
             _fail(e)

@@ -3,13 +3,14 @@
 
     make_synthetic.py OUT [--layout jester|egogesture|sthv2] [--clips-per-class N] [--val-per-class N]
                           [--test-clips N] [--classes N] [--size WxH] [--frames A-B] [--seed S]
-                          [--workers W] [--quality Q] [--force]
+                          [--workers W] [--quality Q] [--texture X] [--force]
 
     from tools.make_synthetic import make_synthetic
     summary = make_synthetic("data/raw/synthetic", layout="jester", clips_per_class=240, workers=2)
 
-Every clip is a textured, asymmetric shape (L, F, T, arrow, key; randomly mirrored, random colours and
-stripes) over a textured background (random per clip, static over time) with a little fresh noise per frame.
+Every clip is a textured, asymmetric shape (L, F, T, arrow, key; randomly mirrored, random tints and
+stripes, always far in luma from the background) over a textured background (random per clip, static over
+time; clutter strength --texture) with a little fresh noise per frame.
 Appearance, clip length and the distributions of position, size and angle are the same for every class: a
 single frame carries no class information. The class is the motion:
 
@@ -72,7 +73,8 @@ MARKER = ".synthetic-complete.json"
 PARTIAL = ".synthetic-incomplete.json"
 ANSWERS = "synthetic-test-answers.csv"
 FORMAT = "action-net-fast/synthetic-motion"
-VERSION = 1
+VERSION = 2  # 2: --texture, high-contrast and larger shapes
+DEFAULT_TEXTURE = 0.35  # background clutter strength (0 flat .. 1 the hardest); see _background
 
 # (class name, motion) in the order --classes keeps them. Motions are what the image does:
 # left/right/up/down: the shape translates; cw/ccw: it rotates (clockwise as seen on screen);
@@ -222,6 +224,7 @@ class Params:
     frames_max: int
     seed: int
     quality: int
+    texture: float = DEFAULT_TEXTURE
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -259,6 +262,8 @@ def _check(p: Params) -> None:
         raise ValueError(f"frames {p.frames_min}-{p.frames_max}: need 4 <= MIN <= MAX")
     if not 1 <= p.quality <= 100:
         raise ValueError(f"quality must be 1..100, got {p.quality}")
+    if not 0.0 <= p.texture <= 1.0:
+        raise ValueError(f"texture must be 0..1 (0 = flat backgrounds, 1 = the hardest), got {p.texture}")
 
 
 # ============================================================================================= classes
@@ -315,7 +320,7 @@ SHAPES = {
 }
 SHAPE_NAMES = tuple(SHAPES)
 SHAPE_RADIUS = 1.2  # every shape lies inside this radius (unit coordinates)
-BASE_RADIUS = 0.15  # shape radius in units of the frame height at scale 1
+BASE_RADIUS = 0.2  # shape radius in units of the frame height at scale 1
 
 
 def _sdf(prims, u, v):
@@ -349,8 +354,10 @@ def _smooth_field(rng, h, w, cells_x, cells_y):
     return np.asarray(Image.fromarray(small).resize((w, h), Image.BICUBIC), dtype=np.float32) / 255.0
 
 
-def _background(rng, h, w):
-    """Textured background (float32, h x w x 3): colour base + smooth blobs + a grating + static grain."""
+def _background(rng, h, w, texture=DEFAULT_TEXTURE):
+    """Textured background (float32, h x w x 3): colour base + ``texture`` x (smooth blobs + a grating + static
+    grain). ``texture`` 1 makes shapes hard to find from scratch (a 2-class ResNet-18 stays at chance for
+    hundreds of steps); the default keeps the clutter visible and lets the demo learn in minutes."""
     mean = rng.uniform(70, 185, size=3).astype(np.float32)
     coarse = _smooth_field(rng, h, w, max(2, w // 40), max(2, h // 40)) - 0.5
     mid = _smooth_field(rng, h, w, max(2, w // 10), max(2, h // 10)) - 0.5
@@ -360,21 +367,25 @@ def _background(rng, h, w):
     grating = np.sin((xx * math.cos(theta) + yy * math.sin(theta)) * (2 * math.pi / period) + rng.uniform(0, 6.3))
     gcol = rng.uniform(-1, 1, size=3).astype(np.float32) * rng.uniform(8, 22)
     grain = rng.integers(-10, 11, size=(h, w, 1)).astype(np.float32)
-    bg = (mean + coarse * rng.uniform(50, 110) + mid * rng.uniform(20, 50) + grating[..., None] * gcol + grain)
+    bg = mean + texture * (coarse * rng.uniform(50, 110) + mid * rng.uniform(20, 50) + grating[..., None] * gcol
+                           + grain)
     return np.clip(bg, 0, 255), float(mean @ np.array([0.299, 0.587, 0.114], np.float32))
 
 
 def _appearance(rng, bg_luma):
-    """Shape, mirror flag, two stripe colours (contrasting with the background), stripe frequency/phase/angle."""
+    """Shape, mirror flag, two stripe colours, stripe frequency/phase/angle.
+
+    The colours are tinted but far from the background's luma (dark shapes on bright backgrounds and the
+    reverse, >= ~100 grey levels apart), so the shape is easy to find and the task is about its motion."""
     shape = SHAPE_NAMES[int(rng.integers(len(SHAPE_NAMES)))]
     hue = rng.uniform(0, 1, size=3)
     hue = hue / max(hue.max(), 1e-3)
     if bg_luma > 128:
-        c1 = 15 + hue * rng.uniform(40, 90)
-        c2 = c1 + rng.uniform(35, 70)
+        c1 = 5 + hue * rng.uniform(20, 45)
+        c2 = c1 + rng.uniform(25, 40)
     else:
-        c1 = 255 - (1 - hue) * rng.uniform(40, 90)
-        c2 = c1 - rng.uniform(35, 70)
+        c1 = 250 - (1 - hue) * rng.uniform(20, 45)
+        c2 = c1 - rng.uniform(25, 40)
     return {"shape": shape, "mirror": bool(rng.integers(2)), "c1": c1.astype(np.float32),
             "c2": np.clip(c2, 0, 255).astype(np.float32), "freq": float(rng.uniform(4, 8)),
             "phase": float(rng.uniform(0, 2 * math.pi)), "tangle": float(rng.uniform(0, math.pi))}
@@ -452,7 +463,7 @@ def _noise(rng, h, w):
     return _NOISE_LUT[np.frombuffer(rng.bytes(h * w * 3), dtype=np.uint8)].reshape(h, w, 3)
 
 
-def render_clip(rng, motion, n, w, h, *, background=None, offset=None):
+def render_clip(rng, motion, n, w, h, *, background=None, offset=None, texture=DEFAULT_TEXTURE):
     """Render one clip: list of ``n`` uint8 (h, w, 3) frames and the trajectory (for tests and checks).
 
     ``background`` (float32, h x (w + pan) x 3, from :func:`_background`) and the window ``offset`` into it
@@ -462,7 +473,7 @@ def render_clip(rng, motion, n, w, h, *, background=None, offset=None):
     if offset is not None and motion not in ("pan_left", "pan_right"):
         bgx = np.full(n, int(offset), dtype=np.int64)
     if background is None:
-        background, luma = _background(rng, h, w + pan_max)
+        background, luma = _background(rng, h, w + pan_max, texture)
     else:
         luma = float(background.mean(axis=(0, 1)) @ np.array([0.299, 0.587, 0.114], np.float32))
     look = _appearance(rng, luma)
@@ -555,7 +566,7 @@ def _render_unit(args) -> tuple[int, int, int, list[str]]:
     os.makedirs(folder, exist_ok=True)
     if p.layout == "egogesture":  # one scene (background) per group video, one shape per gesture
         pan_max = int(math.ceil(0.42 * w)) + 2
-        background, _ = _background(rng, h, w + pan_max)
+        background, _ = _background(rng, h, w + pan_max, p.texture)
         offset = int(rng.integers(0, pan_max + 1))
         frames, shapes = [None] * unit["frames"], []
         for g, clip in enumerate(unit["clips"]):
@@ -569,7 +580,7 @@ def _render_unit(args) -> tuple[int, int, int, list[str]]:
                 frames[i] = _idle_frame(rng, background, w, h, offset)
     else:
         clip = unit["clips"][0]
-        frames, info = render_clip(rng, motions[clip["class"]], unit["frames"], w, h)
+        frames, info = render_clip(rng, motions[clip["class"]], unit["frames"], w, h, texture=p.texture)
         shapes = [info["shape"]]
     total = 0
     for i, f in enumerate(frames, 1):
@@ -652,7 +663,8 @@ def _summary(p: Params, table: list[dict], units: list[dict]) -> dict:
 
 def make_synthetic(out, *, layout: str = "jester", clips_per_class: int = 240, val_per_class: int = 60,
                    test_clips: int = 36, classes: int = 9, size=(128, 96), frames=(12, 20), seed: int = 0,
-                   workers: int = 1, quality: int = 90, force: bool = False, progress: bool = False) -> dict:
+                   workers: int = 1, quality: int = 90, texture: float = DEFAULT_TEXTURE, force: bool = False,
+                   progress: bool = False) -> dict:
     """Write a synthetic motion dataset in the official ``layout`` under ``out``; return a summary dict.
 
     Args:
@@ -664,6 +676,8 @@ def make_synthetic(out, *, layout: str = "jester", clips_per_class: int = 240, v
         size: (width, height) or "WxH"; frames: (min, max) or "A-B" frames per clip (uniform).
         seed: the output is a function of the parameters and the seed only (not of ``workers``).
         workers: processes rendering clips; quality: JPEG quality.
+        texture: background clutter strength, 0 (flat colour) .. 1 (strong blobs, gratings and grain, which a
+            network trained from scratch needs far more steps to see through).
         force: regenerate even if ``out`` holds a complete output (with other parameters, too).
         progress: tqdm progress bar.
 
@@ -683,7 +697,8 @@ def make_synthetic(out, *, layout: str = "jester", clips_per_class: int = 240, v
         frames = parse_frames(frames)
     p = Params(layout=layout, clips_per_class=int(clips_per_class), val_per_class=int(val_per_class),
                test_clips=int(test_clips), classes=int(classes), width=int(size[0]), height=int(size[1]),
-               frames_min=int(frames[0]), frames_max=int(frames[1]), seed=int(seed), quality=int(quality))
+               frames_min=int(frames[0]), frames_max=int(frames[1]), seed=int(seed), quality=int(quality),
+               texture=float(texture))
     _check(p)
     root = os.path.abspath(os.fspath(out))
     table = class_table(p.layout, p.classes)
@@ -795,14 +810,17 @@ def _cli():
     @click.option("--workers", type=click.IntRange(1), default=2, show_default=True,
                   help="rendering processes (does not change the output)")
     @click.option("--quality", type=click.IntRange(1, 100), default=90, show_default=True, help="JPEG quality")
+    @click.option("--texture", type=click.FloatRange(0, 1), default=DEFAULT_TEXTURE, show_default=True,
+                  help="background clutter: 0 flat colour .. 1 strong blobs, gratings and grain (much harder "
+                       "to learn from scratch)")
     @click.option("--force", is_flag=True, help="regenerate even if OUT holds a complete output")
     def main(out, layout, clips_per_class, val_per_class, test_clips, classes, size, frames, seed, workers,
-             quality, force):
+             quality, texture, force):
         try:
             s = make_synthetic(out, layout=layout, clips_per_class=clips_per_class, val_per_class=val_per_class,
                                test_clips=test_clips, classes=classes, size=size_type(size),
                                frames=frames_type(frames), seed=seed, workers=workers, quality=quality,
-                               force=force, progress=True)
+                               texture=texture, force=force, progress=True)
         except (SyntheticError, ValueError, OSError) as e:
             raise click.ClickException(str(e)) from None
         sp = s["splits"]
