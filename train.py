@@ -728,8 +728,9 @@ def _train(cfg: Config, resume: bool, info: DistInfo) -> dict:
             shutil.copyfile(run / "last.pt", run / ".best.pt.tmp")
             os.replace(run / ".best.pt.tmp", run / "best.pt")
         if info.main:
-            log.info("epoch %d/%d: loss %.4f, val top-1 %s, %.1f clips/s", epoch + 1, cfg.epochs, rec["train_loss"],
-                     f"{rec.get('val_top1', float('nan')):.2f}", rec["clips_per_s"])
+            val = f"{rec['val_top1']:.2f}" if "val_top1" in rec else "not evaluated"
+            log.info("epoch %d/%d: loss %.4f, val top-1 %s, %.1f clips/s, data-wait %.1f%%", epoch + 1, cfg.epochs,
+                     rec["train_loss"], val, rec["clips_per_s"], 100 * rec["data_wait"])
     real_rate = (sum(rates) / len(rates)) / cfg.batch_size if rates else float("nan")
     summary = {"kind": "summary", "best_top1": best, "steps_per_s": real_rate, "synthetic_steps_per_s": ceiling,
                "fraction_of_synthetic": real_rate / ceiling if ceiling == ceiling and ceiling > 0 else None,
@@ -737,8 +738,8 @@ def _train(cfg: Config, resume: bool, info: DistInfo) -> dict:
     metrics.write(summary, global_step)
     metrics.close()
     if info.main:
-        log.info("done: best val top-1 %.2f; %.2f steps/s = %s of the synthetic-data ceiling (%.2f steps/s)",
-                 best, real_rate, f"{summary['fraction_of_synthetic']:.0%}" if summary["fraction_of_synthetic"]
+        log.info("done: best val top-1 %s; %.2f steps/s = %s of the synthetic-data ceiling (%.2f steps/s)",
+                 f"{best:.2f}" if best >= 0 else "n/a (no eval)", real_rate, f"{summary['fraction_of_synthetic']:.0%}" if summary["fraction_of_synthetic"]
                  else "n/a", ceiling)
     return summary
 

@@ -96,12 +96,27 @@ def normalize_(clips, mean, std):
     uses this function, so they round alike)."""
     import torch
 
+    scale, bias = _norm_constants(tuple(mean), tuple(std), clips.device)
     shape = [1] * (clips.dim() - 3) + [3, 1, 1]
-    m = torch.tensor(mean, dtype=torch.float64)
-    s = torch.tensor(std, dtype=torch.float64)
-    scale = (1.0 / (255.0 * s)).to(torch.float32).to(clips.device).view(shape)
-    bias = (m / s).to(torch.float32).to(clips.device).view(shape)
-    return torch.mul(clips, scale).sub_(bias)
+    return torch.mul(clips, scale.view(shape)).sub_(bias.view(shape))
+
+
+_NORM_CACHE: dict = {}
+
+
+def _norm_constants(mean: tuple, std: tuple, device):
+    """``(1 / (255 std), mean / std)`` as float32 tensors on ``device``, made once per (mean, std, device): a fresh
+    host->GPU copy per batch is a blocking copy, i.e. a host sync on the training stream."""
+    key = (mean, std, str(device))
+    got = _NORM_CACHE.get(key)
+    if got is None:
+        import torch
+
+        m = torch.tensor(mean, dtype=torch.float64)
+        s = torch.tensor(std, dtype=torch.float64)
+        got = ((1.0 / (255.0 * s)).to(torch.float32).to(device), (m / s).to(torch.float32).to(device))
+        _NORM_CACHE[key] = got
+    return got
 
 
 def build_loader(data, split: str, *, backend: str = "torch", mode: str = "train", batch_size: int,

@@ -48,10 +48,21 @@ def _frame(rng: np.random.Generator, t: int, h: int, w: int, base: np.ndarray) -
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def generate_tree(raw: str, *, dataset: str, clips: int, frames: int, size=(320, 240), seed: int = 0) -> None:
-    """Write a synthetic raw tree in the official ``jester`` or ``sthv2`` layout (320x240 JPEGs)."""
+def _write_video(args) -> None:
     from PIL import Image
 
+    folder, i, frames, h, w, seed = args
+    rng = np.random.default_rng([seed, i])  # per video: the tree does not depend on the number of workers
+    os.makedirs(folder, exist_ok=True)
+    base = rng.uniform(0, 60, size=(1, 1, 3)).astype(np.float32)
+    for t in range(frames):
+        Image.fromarray(_frame(rng, t, h, w, base)).save(os.path.join(folder, f"{t + 1:05d}.jpg"), quality=90)
+
+
+def generate_tree(raw: str, *, dataset: str, clips: int, frames: int, size=(320, 240), seed: int = 0,
+                  workers: int = 1) -> None:
+    """Write a synthetic raw tree in the official ``jester`` or ``sthv2`` layout (320x240 JPEGs), videos written
+    by ``workers`` processes (~7 ms per frame each)."""
     from pipelines import datasets
 
     rng = np.random.default_rng(seed)
@@ -65,12 +76,13 @@ def generate_tree(raw: str, *, dataset: str, clips: int, frames: int, size=(320,
         classes = [f"Doing thing {i}" for i in range(spec.num_classes)]
     ids = [str(100000 + i) for i in range(clips)]
     labels = rng.integers(len(classes), size=clips)
-    for vid in ids:
-        folder = os.path.join(raw, "frames", vid)
-        os.makedirs(folder, exist_ok=True)
-        base = rng.uniform(0, 60, size=(1, 1, 3)).astype(np.float32)
-        for t in range(frames):
-            Image.fromarray(_frame(rng, t, h, w, base)).save(os.path.join(folder, f"{t + 1:05d}.jpg"), quality=90)
+    jobs = [(os.path.join(raw, "frames", vid), i, frames, h, w, seed) for i, vid in enumerate(ids)]
+    if workers > 1:
+        with mp.get_context("fork").Pool(int(workers)) as pool:
+            pool.map(_write_video, jobs, chunksize=4)
+    else:
+        for job in jobs:
+            _write_video(job)
     if dataset == "jester":
         with open(os.path.join(raw, "jester-v1-labels.csv"), "w") as f:
             f.write("\n".join(classes) + "\n")
@@ -144,6 +156,8 @@ def sampled_bytes(data: str, split: str, *, mode: str, batch_size: int, num_segm
 # ----------------------------------------------------------------------------------------------- loaders
 def profile_backend(backend: str, *, data, raw, split, mode, batch_size, batches, warmup, workers, num_segments,
                     size, seed, device, normalize) -> dict:
+    import torch
+
     from pipelines import build_loader
 
     name, _, variant = backend.partition(":")
@@ -153,9 +167,14 @@ def profile_backend(backend: str, *, data, raw, split, mode, batch_size, batches
         kw["raw"] = raw
     if variant in ("threads", "processes"):  # torch:processes -> the DataLoader-process executor
         kw["executor"] = variant
+    elif variant == "nvjpeg":  # torch:nvjpeg -> workers send bytes, torchvision decodes on the delivery device
+        kw["decode_device"] = device
     elif variant:  # e.g. torch:exact, torch:torch, torch:fused -> resample option
         kw["resample"] = variant
     loader = build_loader(data, split, **kw)
+    if hasattr(loader, "sync_timing"):
+        loader.sync_timing = True  # per-stage times include the device work (a training run leaves this off)
+    cuda = str(device).startswith("cuda")
     epoch, done, t0 = 0, 0, None
     stage0 = None
     while done < warmup + batches:
@@ -163,6 +182,8 @@ def profile_backend(backend: str, *, data, raw, split, mode, batch_size, batches
         for clips, labels in loader:
             done += 1
             if done == warmup:
+                if cuda:
+                    torch.cuda.synchronize()
                 t0 = time.perf_counter()
                 stage0 = dict(getattr(loader, "stage_s", {}))
             if done >= warmup + batches:
@@ -170,6 +191,8 @@ def profile_backend(backend: str, *, data, raw, split, mode, batch_size, batches
         epoch += 1
     if t0 is None:
         t0 = time.perf_counter()
+    if cuda:
+        torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
     stage1 = getattr(loader, "stage_s", {})
     stage_ms = {k: (1000.0 * (stage1.get(k, 0.0) - (stage0 or {}).get(k, 0.0)) / batches)
@@ -207,7 +230,7 @@ def plot(results: list, ceiling: dict, num_segments: int, path: str, title: str)
 
     names = [r["backend"] for r in results] + ["decode ceiling"]
     vals = [r["clips_per_s"] for r in results] + [ceiling["decode_only_frames_per_s"] / num_segments]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(names)), 3.5))
     bars = ax.bar(names, vals, color=["#888"] + ["#2a7"] * (len(results) - 1) + ["#cc4"])
     for b, v in zip(bars, vals):
         ax.text(b.get_x() + b.get_width() / 2, v, f"{v:.0f}", ha="center", va="bottom")
@@ -231,7 +254,8 @@ def plot(results: list, ceiling: dict, num_segments: int, path: str, title: str)
 @click.option("--mode", default="train", show_default=True)
 @click.option("--backends", default="folder,torch", show_default=True,
               help="comma-separated (folder, torch, dali, ffcv); torch:exact / torch:torch / torch:fused select the "
-                   "torch backend's resample option, torch:processes its DataLoader-process executor; ffcv converts "
+                   "torch backend's resample option, torch:processes its DataLoader-process executor, torch:nvjpeg "
+                   "its GPU decode (decode_device = --device); ffcv converts "
                    "<data>/ffcv/<split>.beton first when missing")
 @click.option("--batch-size", default=8, show_default=True)
 @click.option("--batches", default=30, show_default=True, help="timed batches per backend")
@@ -262,7 +286,7 @@ def main(data, raw, generate, dataset, clips, frames, split, mode, backends, bat
 
                 click.echo(f"generating {clips} {dataset} videos x {frames} frames (320x240) under {raw} ...")
                 generate_t = time.perf_counter()
-                generate_tree(raw, dataset=dataset, clips=clips, frames=frames)
+                generate_tree(raw, dataset=dataset, clips=clips, frames=frames, workers=max(1, workers))
                 convert_dataset(dataset, raw, data, splits=["train", "val"], workers=max(1, workers))
                 click.echo(f"  done in {time.perf_counter() - generate_t:.1f} s")
         if not data:

@@ -285,6 +285,7 @@ class TorchLoader:
         self.gpu_decode = gpu_decode
         self.executor = "processes" if gpu_decode is not None else executor
         self.replaced = 0
+        self.sync_timing = False  # tools/profile_loader.py sets it: synchronise CUDA per batch for stage times
         self.stage_s = dict.fromkeys(STAGES, 0.0)
         self.batches_seen = 0
         self._source = None
@@ -390,12 +391,16 @@ class TorchLoader:
                 clips, labels, info = item
                 t0 = time.perf_counter()
                 clips = clips.to(self.device, non_blocking=True)
+            if self.device.type == "cuda" and not labels.is_cuda:
+                labels = labels.pin_memory()  # a pageable source would make the copy block on the stream
             labels = labels.to(self.device, non_blocking=True)
             if self.normalize and clips.dtype == torch.uint8:
                 clips = normalize_(clips, self.mean, self.std)
             if not test:
                 clips = clips.squeeze(1)
-            if self.device.type == "cuda":
+            if self.sync_timing and self.device.type == "cuda":
+                # profiling only: makes ``to_device`` the real copy/decode time, but stalls the host on the
+                # stream (the previous training step too), so training leaves it off
                 torch.cuda.current_stream(self.device).synchronize()
             info = np.asarray(info, dtype=np.float64)
             self.replaced += int(info[0])
