@@ -320,10 +320,24 @@ def to_model_input(clips, info: DistInfo, channels_last: bool):
 
     clips = clips.to(info.device, non_blocking=True)
     if clips.dtype == torch.uint8:
-        mean = torch.tensor(IMAGENET_MEAN, device=clips.device).view(1, 1, 3, 1, 1) * 255
-        std = torch.tensor(IMAGENET_STD, device=clips.device).view(1, 1, 3, 1, 1) * 255
+        mean, std = _norm_constants(clips.device)
         clips = (clips.float() - mean) / std
     return clips
+
+
+_NORM_CONSTANTS: dict = {}
+
+
+def _norm_constants(device):
+    """ImageNet mean/std × 255 as (1, 1, 3, 1, 1) tensors on ``device``, made once: building them per step
+    (``torch.tensor(..., device="cuda")``) is a blocking host->GPU copy, i.e. a host sync every step."""
+    key = str(device)
+    if key not in _NORM_CONSTANTS:
+        import torch
+
+        _NORM_CONSTANTS[key] = (torch.tensor(IMAGENET_MEAN, device=device).view(1, 1, 3, 1, 1) * 255,
+                                torch.tensor(IMAGENET_STD, device=device).view(1, 1, 3, 1, 1) * 255)
+    return _NORM_CONSTANTS[key]
 
 
 def build_model_for(cfg: Config, num_classes: int, info: DistInfo):
@@ -505,11 +519,13 @@ def evaluate(model, loader, cfg: Config, info: DistInfo, *, views: bool = False)
                 loss = F.cross_entropy(logits, labels, reduction="sum")
             top5 = scores.topk(min(5, scores.shape[1]), dim=1).indices
             hit = top5 == labels[:, None]
+            # no host syncs per batch: no host->device tensors, no boolean indexing (its size needs the host)
             counts += torch.stack([hit[:, 0].sum().double(), hit.any(1).sum().double(), loss.double(),
-                                   torch.tensor(float(len(labels)), device=info.device, dtype=torch.float64)])
-            known = labels >= 0  # hidden test labels are -1
-            per_class[0].index_add_(0, labels[known], hit[known, 0].double())
-            per_class[1].index_add_(0, labels[known], torch.ones_like(labels[known], dtype=torch.float64))
+                                   torch.full((), float(len(labels)), device=info.device, dtype=torch.float64)])
+            known = (labels >= 0).double()  # hidden test labels are -1: counted nowhere per class
+            cls = labels.clamp_min(0)
+            per_class[0].index_add_(0, cls, hit[:, 0].double() * known)
+            per_class[1].index_add_(0, cls, known)
     all_reduce_sum(counts, info)
     all_reduce_sum(per_class, info)
     top1, top5, loss_sum, n = counts.tolist()

@@ -76,6 +76,32 @@ def test_nvjpeg_decode_path_matches_cpu_decode(data, mode, split):
     assert diff.mean() <= 2.0 and p99 <= 32, (diff.mean(), p99, diff.max())
 
 
+def _queue_gpu_work(matmuls: int = 40) -> None:
+    """Queue ~0.5-2 s of matmuls on the current stream (any current GPU) without waiting for them."""
+    a = torch.randn(8192, 8192, device="cuda")
+    torch.cuda.synchronize()
+    for _ in range(matmuls):
+        a = a @ a
+        a = a / a.norm()
+
+
+def test_train_step_input_and_eval_counts_do_not_synchronise():
+    """train.py's per-step normalisation and eval's per-batch counting queue work without waiting for the GPU."""
+    from types import SimpleNamespace
+
+    import train as T
+
+    info = SimpleNamespace(device=torch.device("cuda"))
+    x = torch.randint(0, 256, (2, 8, 3, 64, 64), dtype=torch.uint8, device="cuda")
+    ref = T.to_model_input(x, info, True)  # first call builds the constants (one sync, once)
+    _queue_gpu_work()
+    got = T.to_model_input(x, info, True)
+    still_running = not torch.cuda.current_stream().query()
+    torch.cuda.synchronize()
+    assert still_running, "to_model_input waited for the queued GPU work (a host sync every training step)"
+    assert torch.equal(got, ref)
+
+
 def test_loader_does_not_synchronise_the_stream_in_training(data):
     """The hot loop must not wait for the GPU: with work queued on the current stream, taking a batch returns
     while that work is still running (the profiler's ``sync_timing`` is off by default)."""
@@ -83,11 +109,7 @@ def test_loader_does_not_synchronise_the_stream_in_training(data):
                       size=SIZE, seed=1, workers=2, normalize=True)
     it = iter(ld)
     next(it)
-    a = torch.randn(8192, 8192, device="cuda")
-    torch.cuda.synchronize()
-    for _ in range(40):  # ~0.5-2 s of queued matmuls on any current GPU
-        a = a @ a
-        a = a / a.norm()
+    _queue_gpu_work()
     next(it)
     still_running = not torch.cuda.current_stream().query()
     torch.cuda.synchronize()

@@ -1,0 +1,127 @@
+"""Model-bound training rate on a GPU: TSN (no temporal module) vs TSM vs ACTION, eager and torch.compile.
+
+    python bench/gpu_model.py --arch resnet50 --batch-size 32 --json bench/results/gpu/gpu_model.json
+
+One training step = bf16 autocast forward, cross-entropy, backward, SGD step, channels_last, random input already
+on the device (what ``train.py --synthetic`` measures). Each variant: warm-up steps (compile included), then
+timed steps between two ``torch.cuda.synchronize()``. Variants run one after another in one process; the
+``--rounds`` loop interleaves them so clock or thermal drift hits all alike, and the best round is reported.
+Needs a CUDA device (it is a GPU benchmark; on CPU use ``make bench-model``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def make_step(temporal: str, *, arch: str, segments: int, size: int, batch: int, compile_: bool):
+    import torch
+    import torch.nn.functional as F
+
+    from action import build_model
+
+    torch.manual_seed(0)
+    model = build_model(arch=arch, num_classes=174, num_segments=segments, temporal=temporal, dropout=0.5)
+    model = model.cuda().to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    fwd = torch.compile(model) if compile_ else model
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(batch, segments, 3, size, size, device="cuda", generator=g)
+    x = x.view(batch * segments, 3, size, size).contiguous(memory_format=torch.channels_last).view(x.shape)
+    y = torch.randint(0, 174, (batch,), device="cuda", generator=g)
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = F.cross_entropy(fwd(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def time_steps(step, warmup: int, steps: int) -> float:
+    import torch
+
+    for _ in range(warmup):
+        step()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / steps
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--arch", default="resnet50")
+    ap.add_argument("--segments", type=int, default=8)
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--variants", default="none,tsm,action,action+compile",
+                    help="comma-separated temporal modules (none, tsm, action), '+compile' for torch.compile")
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+
+    import torch
+
+    if not torch.cuda.is_available():
+        ap.error("needs a CUDA device (use `make bench-model` on CPU)")
+    torch.backends.cudnn.benchmark = True
+    names = [v.strip() for v in args.variants.split(",") if v.strip()]
+    steps, failed = {}, {}
+    for name in names:
+        temporal, _, opt = name.partition("+")
+        t0 = time.perf_counter()
+        try:
+            steps[name] = make_step(temporal, arch=args.arch, segments=args.segments, size=args.size,
+                                    batch=args.batch_size, compile_=opt == "compile")
+            time_steps(steps[name], args.warmup, 1)  # warm-up (and compile) outside the timed rounds
+        except Exception as e:  # noqa: BLE001 - a benchmark reports a variant that cannot run and goes on
+            steps.pop(name, None)
+            failed[name] = f"{type(e).__name__}: {e}"[:2000]
+            print(f"{name}: FAILED ({failed[name][:300]})", flush=True)
+            continue
+        print(f"{name}: ready in {time.perf_counter() - t0:.1f} s", flush=True)
+    names = [n for n in names if n in steps]
+    per_round = {n: [] for n in names}
+    for _ in range(args.rounds):
+        for n in names:
+            per_round[n].append(time_steps(steps[n], 2, args.steps))
+    results = []
+    base = min(per_round["none"]) if "none" in per_round else None
+    for n in names:
+        s = min(per_round[n])
+        r = {"variant": n, "step_ms": 1000 * s, "clips_per_s": args.batch_size / s,
+             "frames_per_s": args.batch_size * args.segments / s, "rounds_step_ms": [1000 * x for x in per_round[n]]}
+        if base:
+            r["step_vs_none"] = s / base
+        results.append(r)
+        print(f"{n:>16}: {1000 * s:7.1f} ms/step  {r['clips_per_s']:7.1f} clips/s  {r['frames_per_s']:7.0f} frames/s"
+              + (f"  x{r['step_vs_none']:.2f} of none" if base else ""), flush=True)
+    out = {"config": vars(args), "results": results, "failed": failed,
+           "machine": {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
+                       "python": platform.python_version(), "cpus": os.cpu_count()}}
+    if args.json:
+        tmp = args.json + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(out, f, indent=1)
+        os.replace(tmp, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
