@@ -9,7 +9,7 @@
   - the shift is applied in the (N, T, C, H, W) layout the backbone already has — three fused
     multiply-adds over time-shifted views — instead of permuting to (N·H·W, C, T), running a depthwise
     ``Conv1d`` and permuting back (two full copies each way, forward and backward); on channels_last inputs
-    it is a depthwise (3, 1) conv on a free (N, C, T, H·W) view;
+    it runs on the free (N, T, H·W, C) view as one autograd Function (:class:`_ShiftChannelsLast`);
   - the big-tensor front (shift, squeeze GEMM, pooling) is one autograd Function (:class:`_ShiftSqueezePool`)
     whose backward accumulates the three incoming gradients into one buffer in place and gets the
     shift-weight gradient from one batched GEMM per clip;
@@ -76,6 +76,11 @@ def _shift_nograd(x5: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         out[:, :-1].addcmul_(x5[:, 1:], w[:, 2].view(1, 1, c, 1))
     return out
 
+
+# How the shifts run (read at forward time; benchmarks flip it to compare): "fused" = the autograd Functions
+# of this module (default); "reference" = TSM through slice assignments and ACTION's channels_last shift as a
+# depthwise (3, 1) convolution -- the formulations these Functions replaced.
+SHIFT_IMPL = "fused"
 
 _SMALL_FRAME = 100  # frames with fewer pixels use mkldnn's 1×1 conv for the squeeze GEMM (measured on CPU)
 
@@ -166,6 +171,52 @@ class _ShiftSqueezePool(torch.autograd.Function):
         return gx, g_ws, g_wq, None, None
 
 
+class _ShiftChannelsLast(torch.autograd.Function):
+    """ACTION's learnable shift on a channels_last (N·T, C, H, W) input, computed on its free (N, T, H·W, C)
+    view: three fused multiply-adds over time-shifted slices forward, the mirrored taps backward, and the
+    weight gradient as three lagged dot products per channel (fp32 accumulation). Output channels_last."""
+
+    @staticmethod
+    def forward(ctx, x, w_shift, n, t):  # noqa: D102
+        nt, c, h, w = x.shape
+        x4 = x.permute(0, 2, 3, 1).reshape(n, t, h * w, c)  # a view: channels_last memory is (N·T, H, W, C)
+        ws = w_shift.reshape(c, 3).to(x.dtype)
+        out = x4 * ws[:, 1]
+        if t > 1:
+            out[:, 1:].addcmul_(x4[:, :-1], ws[:, 0])
+            out[:, :-1].addcmul_(x4[:, 1:], ws[:, 2])
+        ctx.save_for_backward(x, ws)
+        ctx.dims = (n, t, c, h, w)
+        ctx.w_dtype = w_shift.dtype
+        return out.view(nt, h, w, c).permute(0, 3, 1, 2)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g):  # noqa: D102
+        x, ws = ctx.saved_tensors
+        n, t, c, h, w = ctx.dims
+        nt, p = n * t, h * w
+        g4 = g.permute(0, 2, 3, 1).contiguous().view(n, t, p, c)  # no copy when g is channels_last
+        gx = g_w = None
+        if ctx.needs_input_grad[0]:
+            gx = g4 * ws[:, 1]
+            if t > 1:
+                gx[:, :-1].addcmul_(g4[:, 1:], ws[:, 0])
+                gx[:, 1:].addcmul_(g4[:, :-1], ws[:, 2])
+            gx = gx.view(nt, h, w, c).permute(0, 3, 1, 2)
+        if ctx.needs_input_grad[1]:
+            x4 = x.permute(0, 2, 3, 1).reshape(n, t, p, c)
+            dims = (0, 1, 2)
+            mid = (g4 * x4).sum(dims, dtype=torch.float32)
+            if t > 1:
+                prev = (g4[:, 1:] * x4[:, :-1]).sum(dims, dtype=torch.float32)  # tap 0 reads frame t-1
+                nxt = (g4[:, :-1] * x4[:, 1:]).sum(dims, dtype=torch.float32)   # tap 2 reads frame t+1
+            else:
+                prev = nxt = torch.zeros_like(mid)
+            g_w = torch.stack([prev, mid, nxt], 1).view(c, 1, 3).to(ctx.w_dtype)
+        return gx, g_w, None, None
+
+
 def _pooled_conv_weights(weight: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """For a depthwise 3×3 conv (padding 1) with ``weight`` (r, 1, 3, 3): the map A (1, r, h·w) such that
     ``sum_hw(conv(m)) == sum_hw(m · A)`` — tap (i, j) reads input pixel (y + i - 1, x + j - 1), so input pixel
@@ -232,9 +283,12 @@ class Action(nn.Module):
             w_sq = torch.cat([wq, wmean], 0)
             # (N·T, C, H, W) channels_last == (N, C, T, H·W) channels_last: the shift is a depthwise (3, 1)
             # conv on that view, no copy
-            x4 = x.permute(0, 2, 3, 1).reshape(n, t, h * w, c).permute(0, 3, 1, 2)
-            xs = F.conv2d(x4, self.action_shift.weight.unsqueeze(-1).to(x.dtype), padding=(1, 0), groups=c)
-            xs = xs.permute(0, 2, 3, 1).reshape(nt, h, w, c).permute(0, 3, 1, 2)
+            if SHIFT_IMPL == "reference":  # depthwise (3, 1) conv on the (N, C, T, H·W) view
+                x4 = x.permute(0, 2, 3, 1).reshape(n, t, h * w, c).permute(0, 3, 1, 2)
+                xs = F.conv2d(x4, self.action_shift.weight.unsqueeze(-1).to(x.dtype), padding=(1, 0), groups=c)
+                xs = xs.permute(0, 2, 3, 1).reshape(nt, h, w, c).permute(0, 3, 1, 2)
+            else:
+                xs = _ShiftChannelsLast.apply(x, self.action_shift.weight, n, t)
             y = F.conv2d(xs, w_sq.to(xs.dtype))
             pooled = xs.mean((2, 3))
         else:
@@ -288,10 +342,50 @@ class TemporalShift(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         nt, c, h, w = x.shape
         t = self.n_segment
-        x5 = x.view(nt // t, t, c, h, w) if x.is_contiguous() else x.reshape(nt // t, t, c, h, w)
+        if nt % t:
+            raise ValueError(f"TSM: batch dimension {nt} is not a multiple of n_segment={t}")
         fold = c // self.shift_div
-        out = torch.zeros_like(x5)
-        out[:, :-1, :fold] = x5[:, 1:, :fold]
-        out[:, 1:, fold:2 * fold] = x5[:, :-1, fold:2 * fold]
-        out[:, :, 2 * fold:] = x5[:, :, 2 * fold:]
-        return self.net(out.view(nt, c, h, w))
+        if SHIFT_IMPL == "reference":  # the official formulation (autograd through slice assignments)
+            x5 = x.reshape(nt // t, t, c, h, w)
+            out = torch.zeros_like(x5)
+            out[:, :-1, :fold] = x5[:, 1:, :fold]
+            out[:, 1:, fold:2 * fold] = x5[:, :-1, fold:2 * fold]
+            out[:, :, 2 * fold:] = x5[:, :, 2 * fold:]
+            return self.net(out.view(nt, c, h, w))
+        return self.net(_TSMShift.apply(x, t, fold))
+
+
+def _tsm_shift_into(out5: torch.Tensor, x5: torch.Tensor, fold: int, sign: int) -> torch.Tensor:
+    """``out5`` = TSM shift of ``x5`` (N, T, C, H, W): channels ``[0, fold)`` read frame ``t + sign``,
+    ``[fold, 2·fold)`` frame ``t - sign`` (zero outside the clip), the rest frame ``t``. ``sign = -1`` is the
+    transpose (the backward). One pass: every output element is written exactly once."""
+    a, b = (slice(1, None), slice(None, -1)) if sign > 0 else (slice(None, -1), slice(1, None))
+    edge_a, edge_b = (-1, 0) if sign > 0 else (0, -1)
+    out5[:, b, :fold].copy_(x5[:, a, :fold])
+    out5[:, edge_a, :fold].zero_()
+    out5[:, a, fold:2 * fold].copy_(x5[:, b, fold:2 * fold])
+    out5[:, edge_b, fold:2 * fold].zero_()
+    out5[:, :, 2 * fold:].copy_(x5[:, :, 2 * fold:])
+    return out5
+
+
+class _TSMShift(torch.autograd.Function):
+    """TSM shift of (N·T, C, H, W) in any memory format: forward one pass into a fresh tensor of the same
+    layout, backward the mirrored shift of the gradient (one pass) -- instead of a zero fill plus three slice
+    copies forward and, through autograd's CopySlices, a full clone of the gradient per slice backward."""
+
+    @staticmethod
+    def forward(ctx, x, t, fold):  # noqa: D102
+        nt, c, h, w = x.shape
+        ctx.dims = (nt // t, t, c, h, w, fold)
+        out = torch.empty_like(x)  # same strides (channels_last stays channels_last)
+        _tsm_shift_into(out.unflatten(0, (nt // t, t)), x.unflatten(0, (nt // t, t)), fold, +1)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g):  # noqa: D102
+        n, t, c, h, w, fold = ctx.dims
+        gx = torch.empty_like(g)
+        _tsm_shift_into(gx.unflatten(0, (n, t)), g.unflatten(0, (n, t)), fold, -1)
+        return gx, None, None

@@ -23,6 +23,13 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
+def parse_variant(name: str) -> tuple[str, str, bool]:
+    """``temporal[@impl][+compile]`` -> (temporal, shift implementation, compile)."""
+    head, _, opt = name.partition("+")
+    temporal, _, impl = head.partition("@")
+    return temporal, impl or "fused", opt == "compile"
+
+
 def make_step(temporal: str, *, arch: str, segments: int, size: int, batch: int, compile_: bool):
     import torch
     import torch.nn.functional as F
@@ -68,8 +75,11 @@ def main(argv=None) -> int:
     ap.add_argument("--segments", type=int, default=8)
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--variants", default="none,tsm,action,action+compile",
-                    help="comma-separated temporal modules (none, tsm, action), '+compile' for torch.compile")
+    ap.add_argument("--variants", default="none,tsm,tsm@reference,action,action@reference,action+compile",
+                    help="comma-separated temporal modules (none, tsm, action); '@reference' runs the shift the "
+                         "way the official code does (action.temporal.SHIFT_IMPL), '+compile' torch.compile")
+    ap.add_argument("--profile", default=None,
+                    help="also profile one step of this variant and print its top CUDA kernels")
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=2)
@@ -78,17 +88,20 @@ def main(argv=None) -> int:
 
     import torch
 
+    import action.temporal as AT
+
     if not torch.cuda.is_available():
         ap.error("needs a CUDA device (use `make bench-model` on CPU)")
     torch.backends.cudnn.benchmark = True
     names = [v.strip() for v in args.variants.split(",") if v.strip()]
     steps, failed = {}, {}
     for name in names:
-        temporal, _, opt = name.partition("+")
+        temporal, impl, compile_ = parse_variant(name)
         t0 = time.perf_counter()
         try:
+            AT.SHIFT_IMPL = impl
             steps[name] = make_step(temporal, arch=args.arch, segments=args.segments, size=args.size,
-                                    batch=args.batch_size, compile_=opt == "compile")
+                                    batch=args.batch_size, compile_=compile_)
             time_steps(steps[name], args.warmup, 1)  # warm-up (and compile) outside the timed rounds
         except Exception as e:  # noqa: BLE001 - a benchmark reports a variant that cannot run and goes on
             steps.pop(name, None)
@@ -100,6 +113,7 @@ def main(argv=None) -> int:
     per_round = {n: [] for n in names}
     for _ in range(args.rounds):
         for n in names:
+            AT.SHIFT_IMPL = parse_variant(n)[1]
             per_round[n].append(time_steps(steps[n], 2, args.steps))
     results = []
     base = min(per_round["none"]) if "none" in per_round else None
@@ -112,7 +126,20 @@ def main(argv=None) -> int:
         results.append(r)
         print(f"{n:>16}: {1000 * s:7.1f} ms/step  {r['clips_per_s']:7.1f} clips/s  {r['frames_per_s']:7.0f} frames/s"
               + (f"  x{r['step_vs_none']:.2f} of none" if base else ""), flush=True)
-    out = {"config": vars(args), "results": results, "failed": failed,
+    kernels = []
+    if args.profile and args.profile in steps:
+        from torch.profiler import ProfilerActivity, profile
+
+        AT.SHIFT_IMPL = parse_variant(args.profile)[1]
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            time_steps(steps[args.profile], 0, 2)
+        table = prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=25, max_name_column_width=70)
+        print(f"== top CUDA kernels, 2 steps of {args.profile}\n{table}", flush=True)
+        for e in sorted(prof.key_averages(), key=lambda e: -getattr(e, "self_device_time_total", 0))[:40]:
+            kernels.append({"name": e.key, "self_cuda_ms": getattr(e, "self_device_time_total", 0) / 1000 / 2,
+                            "calls_per_step": e.count / 2})
+    AT.SHIFT_IMPL = "fused"
+    out = {"config": vars(args), "results": results, "failed": failed, "profile": kernels,
            "machine": {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
                        "python": platform.python_version(), "cpus": os.cpu_count()}}
     if args.json:

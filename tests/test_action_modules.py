@@ -104,16 +104,59 @@ def test_action_matches_reference(train, c, hw, t):
         torch.testing.assert_close(opt.action_p3_bn1.running_mean, ref.action_p3_bn1.running_mean)
 
 
-def test_action_channels_last_matches():
+@pytest.mark.parametrize("impl", ["fused", "reference"])
+@pytest.mark.parametrize("train", [False, True])
+def test_action_channels_last_matches(impl, train, monkeypatch):
+    """channels_last input (the GPU path): same output, input gradient and parameter gradients (the learnable
+    shift's included) as the official formulation, with the fused shift Function and with the depthwise conv."""
+    import action.temporal as AT
+
+    monkeypatch.setattr(AT, "SHIFT_IMPL", impl)
+    torch.manual_seed(3)
     opt, ref = _pair(c=64, t=4)
-    opt.eval()
-    ref.eval()
+    with torch.no_grad():  # a non-trivial learned shift: every tap of every channel in play
+        opt.action_shift.weight.add_(0.3 * torch.randn_like(opt.action_shift.weight))
+        ref.action_shift.weight.copy_(opt.action_shift.weight)
+    opt.train(train)
+    ref.train(train)
     x = torch.randn(8, 64, 6, 6)
-    xc = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    xc = x.clone().contiguous(memory_format=torch.channels_last).requires_grad_()
+    xr = x.clone().requires_grad_()
     out = opt(xc)
-    _close(out, ref(x))
-    out.sum().backward()
-    assert xc.grad is not None and torch.isfinite(xc.grad).all()
+    want = ref(xr)
+    _close(out, want)
+    g = torch.randn_like(want)
+    out.backward(g)
+    want.backward(g)
+    _close(xc.grad, xr.grad, rtol=1e-4)
+    for (n1, p1), (n2, p2) in zip(opt.named_parameters(), ref.named_parameters()):
+        assert n1 == n2
+        _close(p1.grad, p2.grad, rtol=1e-4)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_tsm_function_matches_the_official_formulation(channels_last, monkeypatch):
+    """The one-pass TSM Function equals the official zeros + slice-copies shift, forward and backward, and keeps
+    the input's memory format."""
+    import action.temporal as AT
+
+    torch.manual_seed(1)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    conv = nn.Conv2d(16, 4, 1, bias=False)
+    x = torch.randn(2 * 5, 16, 3, 4).contiguous(memory_format=fmt)
+    outs, grads = [], []
+    for impl in ("fused", "reference"):
+        monkeypatch.setattr(AT, "SHIFT_IMPL", impl)
+        tsm = TemporalShift(nn.Identity(), n_segment=5, shift_div=4)
+        xi = x.clone().requires_grad_()
+        y = tsm(xi)
+        assert y.is_contiguous(memory_format=fmt)
+        (conv(y) ** 2).sum().backward()
+        outs.append(y.detach())
+        grads.append(xi.grad)
+    assert torch.equal(outs[0], outs[1]) and torch.equal(grads[0], grads[1])
+    with pytest.raises(ValueError, match="multiple of n_segment"):
+        TemporalShift(nn.Identity(), n_segment=3)(torch.randn(4, 8, 2, 2))
 
 
 def test_action_bf16_autocast_runs():

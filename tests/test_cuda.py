@@ -139,3 +139,36 @@ def test_train_bf16_channels_last_on_cuda(data, tmp_path):
     one = json.loads(r1.stdout.strip().splitlines()[-1])
     assert one["clips"] == 7
     assert one["top1"] == pytest.approx(epochs[-1]["val_top1"], abs=100 / 7 + 1e-6)
+
+
+@pytest.mark.parametrize("temporal", ["tsm", "action"])
+def test_fused_shifts_match_the_reference_formulation_on_cuda(temporal, monkeypatch):
+    """channels_last on the GPU: the fused shift Functions give the official formulation's output and gradients
+    (fp32; TF32 off so both sides round alike)."""
+    from torch import nn
+
+    import action.temporal as AT
+
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    torch.manual_seed(0)
+    conv = nn.Conv2d(64, 16, 1, bias=False)
+    mod = (AT.TemporalShift(conv, n_segment=4) if temporal == "tsm" else AT.Action(conv, n_segment=4)).cuda()
+    if temporal == "action":
+        with torch.no_grad():
+            mod.action_shift.weight.add_(0.3 * torch.randn_like(mod.action_shift.weight))
+    x = torch.randn(8, 64, 14, 14, device="cuda").contiguous(memory_format=torch.channels_last)
+    g = torch.randn(8, 16, 14, 14, device="cuda")
+    res = []
+    for impl in ("fused", "reference"):
+        monkeypatch.setattr(AT, "SHIFT_IMPL", impl)
+        mod.zero_grad()
+        xi = x.clone().requires_grad_()
+        out = mod(xi)
+        out.backward(g)
+        res.append((out.detach(), xi.grad, [p.grad.clone() for p in mod.parameters()]))
+    (o1, gx1, gp1), (o2, gx2, gp2) = res
+    torch.testing.assert_close(o1, o2, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gx1, gx2, rtol=1e-4, atol=1e-4)
+    for a, b in zip(gp1, gp2):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-3)
