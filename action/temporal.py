@@ -9,7 +9,8 @@
   - the shift is applied in the (N, T, C, H, W) layout the backbone already has — three fused
     multiply-adds over time-shifted views — instead of permuting to (N·H·W, C, T), running a depthwise
     ``Conv1d`` and permuting back (two full copies each way, forward and backward); on channels_last inputs
-    it runs on the free (N, T, H·W, C) view as one autograd Function (:class:`_ShiftChannelsLast`);
+    it runs on the free (N, T, H·W, C) view as one autograd Function (:class:`_ShiftChannelsLast`) on GPU
+    and as mkldnn's depthwise (3, 1) convolution on CPU (:data:`SHIFT_IMPL`);
   - the big-tensor front (shift, squeeze GEMM, pooling) is one autograd Function (:class:`_ShiftSqueezePool`)
     whose backward accumulates the three incoming gradients into one buffer in place and gets the
     shift-weight gradient from one batched GEMM per clip;
@@ -77,10 +78,14 @@ def _shift_nograd(x5: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return out
 
 
-# How the shifts run (read at forward time; benchmarks flip it to compare): "fused" = the autograd Functions
-# of this module (default); "reference" = TSM through slice assignments and ACTION's channels_last shift as a
-# depthwise (3, 1) convolution -- the formulations these Functions replaced.
-SHIFT_IMPL = "fused"
+# How the shifts run (read at forward time; benchmarks and tests flip it to compare):
+# "auto" (default) = the autograd Functions of this module, except ACTION's shift on channels_last CPU input,
+#     where mkldnn's depthwise (3, 1) convolution is faster (fwd+bwd of a 256-channel 28x28 block, 16 frames:
+#     19.5 ms vs 25-29 ms on 2 cores); on an H200 the Function makes the ACTION-R50 bf16 step 1.30x faster
+#     (175 vs 229 ms, batch 32x8x224^2) and the TSM step 1.69x faster (62 vs 105 ms; bench/results/gpu/);
+# "fused" = the Functions everywhere; "reference" = TSM through slice assignments and ACTION's channels_last
+#     shift as the depthwise (3, 1) convolution -- the formulations the Functions replaced.
+SHIFT_IMPL = "auto"
 
 _SMALL_FRAME = 100  # frames with fewer pixels use mkldnn's 1×1 conv for the squeeze GEMM (measured on CPU)
 
@@ -281,9 +286,9 @@ class Action(nn.Module):
         if channels_last:
             wmean = torch.full((1, c, 1, 1), 1.0 / c, dtype=wq.dtype, device=wq.device)
             w_sq = torch.cat([wq, wmean], 0)
-            # (N·T, C, H, W) channels_last == (N, C, T, H·W) channels_last: the shift is a depthwise (3, 1)
-            # conv on that view, no copy
-            if SHIFT_IMPL == "reference":  # depthwise (3, 1) conv on the (N, C, T, H·W) view
+            # (N·T, C, H, W) channels_last is (N, T, H·W, C) in memory: the shift runs on that view, no copy
+            if SHIFT_IMPL == "reference" or (SHIFT_IMPL == "auto" and not x.is_cuda):
+                # as a depthwise (3, 1) conv on the (N, C, T, H·W) view (mkldnn: the faster one on CPU)
                 x4 = x.permute(0, 2, 3, 1).reshape(n, t, h * w, c).permute(0, 3, 1, 2)
                 xs = F.conv2d(x4, self.action_shift.weight.unsqueeze(-1).to(x.dtype), padding=(1, 0), groups=c)
                 xs = xs.permute(0, 2, 3, 1).reshape(nt, h, w, c).permute(0, 3, 1, 2)

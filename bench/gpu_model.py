@@ -27,7 +27,7 @@ def parse_variant(name: str) -> tuple[str, str, bool]:
     """``temporal[@impl][+compile]`` -> (temporal, shift implementation, compile)."""
     head, _, opt = name.partition("+")
     temporal, _, impl = head.partition("@")
-    return temporal, impl or "fused", opt == "compile"
+    return temporal, impl or "auto", opt == "compile"
 
 
 def make_step(temporal: str, *, arch: str, segments: int, size: int, batch: int, compile_: bool):
@@ -138,7 +138,7 @@ def main(argv=None) -> int:
         for e in sorted(prof.key_averages(), key=lambda e: -getattr(e, "self_device_time_total", 0))[:40]:
             kernels.append({"name": e.key, "self_cuda_ms": getattr(e, "self_device_time_total", 0) / 1000 / 2,
                             "calls_per_step": e.count / 2})
-    AT.SHIFT_IMPL = "fused"
+    AT.SHIFT_IMPL = "auto"
     out = {"config": vars(args), "results": results, "failed": failed, "profile": kernels,
            "machine": {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
                        "python": platform.python_version(), "cpus": os.cpu_count()}}

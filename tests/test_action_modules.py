@@ -104,7 +104,7 @@ def test_action_matches_reference(train, c, hw, t):
         torch.testing.assert_close(opt.action_p3_bn1.running_mean, ref.action_p3_bn1.running_mean)
 
 
-@pytest.mark.parametrize("impl", ["fused", "reference"])
+@pytest.mark.parametrize("impl", ["auto", "fused", "reference"])
 @pytest.mark.parametrize("train", [False, True])
 def test_action_channels_last_matches(impl, train, monkeypatch):
     """channels_last input (the GPU path): same output, input gradient and parameter gradients (the learnable
