@@ -116,12 +116,15 @@ def test_loader_does_not_synchronise_the_stream_in_training(data):
     assert still_running, "taking a batch waited for the queued GPU work (a host sync in the loader)"
 
 
-def test_train_bf16_channels_last_on_cuda(data, tmp_path):
-    """A short train.py run on the GPU (auto = bf16 autocast + channels_last), then eval of its checkpoint."""
+@pytest.mark.parametrize("decode_on", ["workers", "device"])
+def test_train_bf16_channels_last_on_cuda(data, tmp_path, decode_on):
+    """A short train.py run on the GPU (auto = bf16 autocast + channels_last; JPEGs decoded by the loader
+    workers, or by nvJPEG in the training process), then eval of its checkpoint."""
     run = tmp_path / "run"
     args = [sys.executable, str(ROOT / "train.py"), "train", "--dataset", "jester", "--data", data, "--run-dir",
             str(run), "--device", "cuda", "--arch", "resnet18", "--num-segments", "4", "--size", "64", "--epochs", "2",
-            "--lr-steps", "1", "--batch-size", "4", "--workers", "2", "--log-interval", "1", "--ceiling-steps", "2"]
+            "--lr-steps", "1", "--batch-size", "4", "--workers", "2", "--log-interval", "1", "--ceiling-steps", "2",
+            "--decode-on", decode_on]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     r = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]

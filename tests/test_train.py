@@ -149,6 +149,25 @@ def test_resume_refuses_changed_config(shards, tmp_path):
     assert r.returncode == 2 and "these options differ" in r.stderr
 
 
+def test_decode_on_device_trains_on_the_same_batches(shards, tmp_path):
+    """--decode-on device (workers ship JPEG bytes, the training process decodes them on its device -- nvJPEG
+    on CUDA) gives, on CPU, bit-identical batches to decoding in the workers: identical final weights."""
+    weights = {}
+    for where in ("workers", "device"):
+        run = tmp_path / where
+        r = subprocess.run(_train_cmd(shards, run, "--batch-size", "4", "--epochs", "1", "--eval-every", "0",
+                                      "--decode-on", where, "--workers", "2"),
+                           capture_output=True, text=True, env=_env(), timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert json.loads((run / "config.json").read_text())["decode_on"] == where
+        weights[where] = _final_weights(run)
+    assert weights["workers"].keys() == weights["device"].keys()
+    for k, v in weights["workers"].items():  # same pixels in the same memory layout: the same float rounding
+        assert torch.equal(v, weights["device"][k]), k
+    with pytest.raises(T.ConfigError, match="torch-backend option"):
+        T.make_config({"dataset": "jester", "data": str(shards), "backend": "dali", "decode_on": "device"})
+
+
 # -------------------------------------------------------------------------------------------------- failures
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(shards, tmp_path, monkeypatch):
     run = tmp_path / "nan"

@@ -312,9 +312,12 @@ class TorchLoader:
 
         if self._dl is None:  # one DataLoader, persistent workers: no re-fork per epoch
             self._sampler = _EpochKeys()
+            # its own generator: the DataLoader draws its workers' base seed from it, not from torch's global RNG
+            # (which the training step's dropout uses; the workers themselves use no torch randomness)
             self._dl = torch.utils.data.DataLoader(
                 source, batch_size=None, shuffle=False, sampler=self._sampler, num_workers=self.workers,
-                pin_memory=self.device.type == "cuda", prefetch_factor=self.prefetch_factor, persistent_workers=True)
+                pin_memory=self.device.type == "cuda", prefetch_factor=self.prefetch_factor, persistent_workers=True,
+                generator=torch.Generator().manual_seed(0))
         self._sampler.keys = self._keys()
         yield from self._dl
 
@@ -562,7 +565,7 @@ class _EpochKeys:
         return len(self.keys)
 
 
-def _gpu_decoder(planner: Planner, shards: ShardDataset, resample: str = "auto"):
+def _gpu_decoder(planner: Planner, shards: ShardDataset, resample: str = "auto", channels_last: bool = True):
     """Main-process half of ``decode_device="cuda"``: batched nvJPEG decode + plan execution on the GPU."""
 
     def run(payload, device):
@@ -585,7 +588,12 @@ def _gpu_decoder(planner: Planner, shards: ShardDataset, resample: str = "auto")
             raise FrameError(f"{shards.dataset} {shards.split}: a JPEG in clips "
                              f"{[planner.meta['key'][c] for c, _, _ in items]} failed to decode on {device} ({e})")
         p = planner
-        out = torch.empty((len(items), p.views, p.num_segments, 3, p.size, p.size), dtype=torch.uint8, device=device)
+        if channels_last:  # the worker path's layout: same bytes in the same memory order, no copy for the model
+            out = torch.empty((len(items), p.views, p.num_segments, p.size, p.size, 3), dtype=torch.uint8,
+                              device=device).permute(0, 1, 2, 5, 3, 4)
+        else:
+            out = torch.empty((len(items), p.views, p.num_segments, 3, p.size, p.size), dtype=torch.uint8,
+                              device=device)
         labels = torch.empty(len(items), dtype=torch.int64)
         pos = 0
         for k, (clip, plans, wanted) in enumerate(items):
@@ -626,7 +634,7 @@ def build_torch_loader(*, data, split, mode, batch_size, num_segments, size, ran
         def make(batches, ep):
             return BytesSource(shards, planner, batches, ep, on_bad=on_bad)
 
-        gpu = _gpu_decoder(planner, shards, resample)
+        gpu = _gpu_decoder(planner, shards, resample, channels_last)
     else:
         def make(batches, ep):
             return ShardSource(shards, planner, batches, ep, on_bad=on_bad, resample=resample, dct_scale=dct_scale,
