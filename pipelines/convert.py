@@ -40,10 +40,12 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow.fs as pafs
 
 from pipelines import datasets
 from pipelines import format as fmt
 from pipelines import shards as sh
+from pipelines import storage
 from pipelines.datasets import ClipRef, Problems, bad
 from pipelines.errors import AnnotationError, DataError, FrameError
 
@@ -256,7 +258,7 @@ def write_shard_task(task: dict, on_batch=None) -> dict:
     The state file is written before the shard is moved into place, so a shard under its final name always
     has a state file describing it (a kill between the two leaves a state without a shard: rewritten)."""
     raw, clips = task["raw"], task["clips"]
-    fs, root = sh.resolve_out(task["out"])
+    fs, root = storage.resolve(task["out"])
     problems = Problems(skip_bad=task["skip_bad"], raw=raw)
     stats = {"frames": 0, "data_bytes": 0}
     state: dict = {}
@@ -264,24 +266,24 @@ def write_shard_task(task: dict, on_batch=None) -> dict:
     def record(entry: dict) -> None:  # state first, then the shard is moved into place
         state.update({"plan": task["plan"], "path": task["path"], **entry, "frames": stats["frames"],
                       "skipped": problems.skipped})
-        sh.write_json_atomic(fs, sh.join(root, task["state"]), state)
+        storage.write_json_atomic(fs, storage.join(root, task["state"]), state)
 
-    sh.write_shard(fs, sh.join(root, task["path"]), _batches(raw, clips, problems, stats, on_batch), record)
+    sh.write_shard(fs, storage.join(root, task["path"]), _batches(raw, clips, problems, stats, on_batch), record)
     return {**state, "data_bytes": stats["data_bytes"], "planned_clips": len(clips)}
 
 
 def _finished(fs, root: str, task: dict) -> dict | None:
     """The state of a shard finished by an earlier run with the same plan, else None."""
-    state = sh.read_json(fs, sh.join(root, task["state"]))
+    state = storage.read_json(fs, storage.join(root, task["state"]))
     if not isinstance(state, dict) or state.get("plan") != task["plan"] or state.get("path") != task["path"]:
         return None
     if state.get("skipped") and not task["skip_bad"]:
         return None  # written by a --skip-bad run: a strict run must see (and stop at) the problem
-    path = sh.join(root, task["path"])
+    path = storage.join(root, task["path"])
     info = fs.get_file_info(path)
     if info.type != sh.pafs.FileType.File or info.size != state.get("bytes"):
         return None
-    digest, _ = sh.sha256_file(fs, path)
+    digest, _ = storage.sha256_file(fs, path)
     return state if digest == state.get("sha256") else None
 
 
@@ -361,12 +363,12 @@ def convert_dataset(dataset: str, raw, out, *, splits=None, workers: int = 1, sh
     if len(classes) != spec.num_classes:
         raise AnnotationError(f"{raw}: {len(classes)} class names, expected {spec.num_classes}")
 
-    fs, root = sh.resolve_out(out)
+    fs, root = storage.resolve(out)
     fs.create_dir(root, recursive=True)
-    manifest_path = sh.join(root, fmt.MANIFEST_NAME)
-    if sh.exists(fs, manifest_path):
+    manifest_path = storage.join(root, fmt.MANIFEST_NAME)
+    if storage.exists(fs, manifest_path):
         fs.delete_file(manifest_path)  # rewritten at the end; never describes half-updated shards
-    fs.create_dir(sh.join(root, STATE_DIR), recursive=True)
+    fs.create_dir(storage.join(root, STATE_DIR), recursive=True)
 
     problems = Problems(skip_bad=skip_bad, raw=raw)
     manifest = {"format": fmt.FORMAT_NAME, "version": fmt.FORMAT_VERSION, "dataset": spec.name,
@@ -408,7 +410,7 @@ def convert_dataset(dataset: str, raw, out, *, splits=None, workers: int = 1, sh
     uniq = {(s["path"], s["reason"]): s for s in problems.skipped}
     manifest["skipped"] = [uniq[k] for k in sorted(uniq)]
     fmt.validate_manifest(manifest)
-    sh.write_json_atomic(fs, manifest_path, manifest)
+    storage.write_json_atomic(fs, manifest_path, manifest)
     return manifest
 
 
@@ -418,8 +420,8 @@ def _write_all(fs, root, out, raw, plans, pool, skip_bad, progress, problems, na
 
     tasks = []
     for split, plan in plans.items():
-        fs.create_dir(sh.join(root, split), recursive=True)
-        _remove_tmp(fs, sh.join(root, split))
+        fs.create_dir(storage.join(root, split), recursive=True)
+        _remove_tmp(fs, storage.join(root, split))
         for i, clips in enumerate(plan):
             tasks.append({"raw": raw, "out": os.fspath(out), "split": split, "path": fmt.shard_name(split, i),
                           "clips": clips, "skip_bad": skip_bad, "plan": plan_fingerprint(clips),
@@ -477,7 +479,7 @@ def _write_all(fs, root, out, raw, plans, pool, skip_bad, progress, problems, na
 
 def _remove_tmp(fs, folder: str) -> None:
     """Delete temporary files left by a killed run."""
-    sel = sh.pafs.FileSelector(folder, allow_not_found=True)
+    sel = pafs.FileSelector(folder, allow_not_found=True)
     for info in fs.get_file_info(sel):
         if info.type == sh.pafs.FileType.File and ".tmp-" in info.base_name:
             fs.delete_file(info.path)
@@ -485,12 +487,12 @@ def _remove_tmp(fs, folder: str) -> None:
 
 def _remove_stale(fs, root: str, split: str, n: int) -> None:
     """Delete shards (and their state) numbered >= n left by an earlier run with another plan."""
-    sel = sh.pafs.FileSelector(sh.join(root, split), allow_not_found=True)
+    sel = pafs.FileSelector(storage.join(root, split), allow_not_found=True)
     pat = re.compile(r"^shard-(\d{5})\.arrow$")
     for info in fs.get_file_info(sel):
         m = pat.match(info.base_name)
         if m and int(m.group(1)) >= n:
             fs.delete_file(info.path)
-            st = sh.join(root, f"{STATE_DIR}/{split}-{m.group(1)}.json")
-            if sh.exists(fs, st):
+            st = storage.join(root, f"{STATE_DIR}/{split}-{m.group(1)}.json")
+            if storage.exists(fs, st):
                 fs.delete_file(st)

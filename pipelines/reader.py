@@ -12,7 +12,6 @@ re-opens its files there), so constructing one in the main process is cheap.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipelines import format as fmt
+from pipelines import storage
 from pipelines.errors import ShardError
 
 log = logging.getLogger(__name__)
@@ -36,19 +36,6 @@ class ClipMeta:
     num_frames: int
     height: int
     width: int
-
-
-def load_manifest(root: str) -> dict:
-    """Read and validate ``root/manifest.json`` (ShardError if missing or invalid)."""
-    path = os.path.join(os.fspath(root), fmt.MANIFEST_NAME)
-    try:
-        with open(path, "rb") as f:
-            text = f.read()
-    except FileNotFoundError:
-        raise ShardError(f"{path}: manifest not found (run tools/convert_dataset.py first)") from None
-    except OSError as e:
-        raise ShardError(f"{path}: cannot read the manifest ({e.strerror})") from None
-    return fmt.parse_manifest(text, where=path)
 
 
 class _Shard:
@@ -98,7 +85,7 @@ class ShardDataset:
     def __init__(self, root, split: str, *, verify: bool = False):
         self.root = os.path.abspath(os.fspath(root))
         self.split = split
-        self.manifest = load_manifest(self.root)
+        self.manifest = storage.read_manifest(self.root)[2]
         self.dataset: str = self.manifest["dataset"]
         self.classes: list[str] = list(self.manifest["classes"])
         splits = self.manifest["splits"]
@@ -149,12 +136,9 @@ class ShardDataset:
     def verify(self) -> None:
         """Re-hash every shard of the split and compare with the manifest's sha256 (ShardError on mismatch)."""
         for path, e in zip(self.paths, self.entries):
-            h = hashlib.sha256()
-            with open(path, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 22), b""):
-                    h.update(chunk)
-            if h.hexdigest() != e["sha256"]:
-                raise ShardError(f"{path}: sha256 {h.hexdigest()[:16]}... differs from the manifest's "
+            digest, _ = storage.sha256_file(None, path)
+            if digest != e["sha256"]:
+                raise ShardError(f"{path}: sha256 {digest[:16]}... differs from the manifest's "
                                  f"{e['sha256'][:16]}... (corrupt shard; re-run tools/convert_dataset.py)")
 
     # ------------------------------------------------------------------ access

@@ -1,11 +1,10 @@
 """Shard writing and checking helpers (the format itself is :mod:`pipelines.format`).
 
-* :func:`resolve_out` -- OUT as ``(pyarrow FileSystem, root path)``; OUT may be a local path or any URI
-  ``pyarrow.fs.FileSystem.from_uri`` understands (``file://``, ``s3://``, ``gs://``, ``hdfs://``).
 * :func:`jpeg_size` -- (height, width) from a JPEG's SOF header; checks SOI/EOI so truncation is caught.
 * :func:`make_batch` -- one ``format.SCHEMA`` record batch from clips whose JPEG bytes sit in one buffer.
 * :func:`write_shard` -- write batches to a temporary name while hashing, then rename into place.
-* :func:`sha256_file`, :func:`write_json_atomic`, :func:`read_manifest`, :func:`verify`.
+* :func:`verify`, :func:`iter_clips` -- whole-dataset checks and sequential reads (filesystems, atomic writes and
+  the manifest reader are :mod:`pipelines.storage`).
 
 Every file is written as ``<final>.tmp-<pid>`` and moved to its final name, so a half-written file is never
 visible under the final name.
@@ -13,9 +12,7 @@ visible under the final name.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import os
 from typing import Callable, Iterable
 
 import numpy as np
@@ -23,78 +20,12 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from pipelines import format as fmt
+from pipelines import storage
 from pipelines.errors import ShardError
 
 log = logging.getLogger(__name__)
 
 _SOF = frozenset((0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF))
-_BLOCK = 8 << 20
-
-
-# ----------------------------------------------------------------------------------------------- filesystem
-def resolve_out(out) -> tuple[pafs.FileSystem, str]:
-    """``(filesystem, root)`` for OUT: a local path (relative is fine) or a pyarrow filesystem URI."""
-    out = os.fspath(out)
-    if "://" in out:
-        try:
-            return pafs.FileSystem.from_uri(out)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as e:
-            raise ShardError(f"{out}: cannot open this filesystem URI ({e})") from None
-    return pafs.LocalFileSystem(), os.path.abspath(out).replace(os.sep, "/")
-
-
-def join(root: str, rel: str) -> str:
-    return f"{root.rstrip('/')}/{rel}" if root else rel
-
-
-def exists(fs: pafs.FileSystem, path: str) -> bool:
-    return fs.get_file_info(path).type == pafs.FileType.File
-
-
-def tmp_name(path: str) -> str:
-    return f"{path}.tmp-{os.getpid()}"
-
-
-def write_bytes_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary name + move."""
-    tmp = tmp_name(path)
-    try:
-        with fs.open_output_stream(tmp) as f:
-            f.write(data)
-        fs.move(tmp, path)
-    except BaseException:
-        try:  # a disk-full write leaves no temp file behind
-            fs.delete_file(tmp)
-        except Exception:  # noqa: BLE001 - best effort cleanup, the original error matters
-            pass
-        raise
-
-
-def write_json_atomic(fs: pafs.FileSystem, path: str, obj) -> None:
-    write_bytes_atomic(fs, path, (json.dumps(obj, indent=1, sort_keys=False) + "\n").encode())
-
-
-def read_json(fs: pafs.FileSystem, path: str):
-    """Parsed JSON at ``path`` or None if it is missing/unreadable/not JSON."""
-    try:
-        with fs.open_input_stream(path) as f:
-            return json.loads(f.read())
-    except (OSError, ValueError, pa.ArrowException):
-        return None
-
-
-def sha256_file(fs: pafs.FileSystem, path: str) -> tuple[str, int]:
-    """(hex sha256, size in bytes) of a file on ``fs``."""
-    h = hashlib.sha256()
-    n = 0
-    with fs.open_input_stream(path) as f:
-        while True:
-            b = f.read(_BLOCK)
-            if not b:
-                break
-            h.update(b)
-            n += len(b)
-    return h.hexdigest(), n
 
 
 # ----------------------------------------------------------------------------------------------- JPEG header
@@ -219,7 +150,7 @@ def write_shard(fs: pafs.FileSystem, path: str, batches: Iterable[pa.RecordBatch
     and before it is moved into place (the converter records the shard's state there, so a file under its
     final name always has its state).
     """
-    tmp = tmp_name(path)
+    tmp = storage.tmp_name(path)
     clips = 0
     local = isinstance(fs, pafs.LocalFileSystem)
     try:
@@ -233,7 +164,7 @@ def write_shard(fs: pafs.FileSystem, path: str, batches: Iterable[pa.RecordBatch
             if local:
                 sink.close()
         if local:
-            digest, size = _sha256_local(tmp)
+            digest, size = storage.sha256_file(None, tmp)
         else:
             buf = sink.getvalue()
             digest, size = hashlib.sha256(memoryview(buf)).hexdigest(), buf.size
@@ -253,35 +184,7 @@ def write_shard(fs: pafs.FileSystem, path: str, batches: Iterable[pa.RecordBatch
     return entry
 
 
-def _sha256_local(path: str) -> tuple[str, int]:
-    """(sha256, size) of a local file, read through one reused buffer (no fresh pages per block)."""
-    h = hashlib.sha256()
-    buf = bytearray(_BLOCK)
-    mv = memoryview(buf)
-    size = 0
-    with open(path, "rb", buffering=0) as f:
-        while True:
-            n = f.readinto(buf)
-            if not n:
-                break
-            h.update(mv[:n])
-            size += n
-    return h.hexdigest(), size
-
-
 # ----------------------------------------------------------------------------------------------- reading
-def read_manifest(out) -> tuple[pafs.FileSystem, str, dict]:
-    """``(fs, root, manifest)`` of a converted dataset; raises ShardError if missing or invalid."""
-    fs, root = resolve_out(out)
-    path = join(root, fmt.MANIFEST_NAME)
-    try:
-        with fs.open_input_stream(path) as f:
-            text = f.read()
-    except (OSError, pa.ArrowException):
-        raise ShardError(f"{path}: manifest not found (run tools/convert_dataset.py first)") from None
-    return fs, root, fmt.parse_manifest(text, where=path)
-
-
 def _frame_views(frames: pa.ListArray):
     """(list offsets, value offsets, values buffer as uint8 array) of a list<binary> array (no copies)."""
     values = frames.values
@@ -302,7 +205,7 @@ def verify(out, *, decode: bool = False, progress: bool = False) -> None:
     """
     from tqdm import tqdm
 
-    fs, root, m = read_manifest(out)
+    fs, root, m = storage.read_manifest(out)
     n_classes = len(m["classes"])
     decoder = None
     if decode:
@@ -314,15 +217,15 @@ def verify(out, *, decode: bool = False, progress: bool = False) -> None:
     totals: dict[str, list[int]] = {}
     for split, sh in bar:
         rel = fmt.safe_relpath(sh["path"])
-        path = join(root, rel)
+        path = storage.join(root, rel)
         if isinstance(fs, pafs.LocalFileSystem):
-            fmt.check_inside(root, path, where=join(root, fmt.MANIFEST_NAME))
+            fmt.check_inside(root, path, where=storage.join(root, fmt.MANIFEST_NAME))
         info = fs.get_file_info(path)
         if info.type != pafs.FileType.File:
             raise ShardError(f"{path}: shard listed in the manifest is missing (re-run the conversion)")
         if info.size != sh["bytes"]:
             raise ShardError(f"{path}: size {info.size} bytes, the manifest says {sh['bytes']}")
-        digest, _ = sha256_file(fs, path)
+        digest, _ = storage.sha256_file(fs, path)
         if digest != sh["sha256"]:
             raise ShardError(f"{path}: sha256 {digest} does not match the manifest ({sh['sha256']}); "
                              "the file is corrupt or was replaced -- re-run the conversion")
@@ -381,15 +284,15 @@ def verify(out, *, decode: bool = False, progress: bool = False) -> None:
     for split, s in m["splits"].items():
         clips, frames = totals.get(split, [0, 0])
         if clips != s["clips"] or frames != s["frames"]:
-            raise ShardError(f"{join(root, fmt.MANIFEST_NAME)}: split {split!r} holds {clips} clips/{frames} "
+            raise ShardError(f"{storage.join(root, fmt.MANIFEST_NAME)}: split {split!r} holds {clips} clips/{frames} "
                              f"frames, the manifest says {s['clips']}/{s['frames']}")
 
 
 def iter_clips(out, split: str) -> Iterable[dict]:
     """Yield ``{"key", "label", "frames": [bytes], "height", "width"}`` of every clip of ``split`` (tests, tools)."""
-    fs, root, m = read_manifest(out)
+    fs, root, m = storage.read_manifest(out)
     for sh in m["splits"][split]["shards"]:
-        with fs.open_input_file(join(root, fmt.safe_relpath(sh["path"]))) as f:
+        with fs.open_input_file(storage.join(root, fmt.safe_relpath(sh["path"]))) as f:
             table = pa.ipc.open_file(f).read_all()
         for row in table.to_pylist():
             yield row

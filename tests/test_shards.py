@@ -16,6 +16,7 @@ from PIL import Image
 import rawtrees
 from pipelines import format as fmt
 from pipelines import shards as sh
+from pipelines import storage
 from pipelines.errors import ShardError
 
 
@@ -77,7 +78,7 @@ def _batches(n_clips, frames_per_clip=2):
 
 def _write_dataset(tmp_path, n_clips=300):
     out = tmp_path / "out"
-    fs, root = sh.resolve_out(out)
+    fs, root = storage.resolve(out)
     fs.create_dir(root + "/train", recursive=True)
     batches, frames = _batches(n_clips)
     entry = sh.write_shard(fs, root + "/" + fmt.shard_name("train", 0), batches)
@@ -85,7 +86,7 @@ def _write_dataset(tmp_path, n_clips=300):
          "seed": 0, "splits": {"train": {"clips": n_clips, "frames": 2 * n_clips,
                                          "shards": [{"path": fmt.shard_name("train", 0), **entry}]}},
          "skipped": []}
-    sh.write_json_atomic(fs, root + "/manifest.json", m)
+    storage.write_json_atomic(fs, root + "/manifest.json", m)
     return out, entry, frames
 
 
@@ -105,7 +106,7 @@ def test_write_shard_roundtrip_and_hash(tmp_path):
 
 
 def test_write_shard_failure_leaves_nothing(tmp_path):
-    fs, root = sh.resolve_out(tmp_path)
+    fs, root = storage.resolve(tmp_path)
 
     def boom():
         yield _batches(3)[0][0]
@@ -141,7 +142,7 @@ def test_verify_finds_problems(tmp_path):
 
 def test_verify_checks_jpeg_headers_even_when_hash_matches(tmp_path):
     """A shard re-hashed after its content went bad (or written by a buggy tool) is still caught per row."""
-    fs, root = sh.resolve_out(tmp_path)
+    fs, root = storage.resolve(tmp_path)
     good = rawtrees.jpeg_bytes(np.random.default_rng(1), (8, 6))
     cases = {"truncated": (good[:-10], 6, 8, "truncated"), "size": (good, 7, 8, "header says 8x6")}
     for name, (blob, h, w, msg) in cases.items():
@@ -157,10 +158,10 @@ def test_verify_checks_jpeg_headers_even_when_hash_matches(tmp_path):
             sh.verify(out)
 
 
-def test_resolve_out_local_and_uri(tmp_path):
-    fs, root = sh.resolve_out(tmp_path / "x")
+def test_resolve_local_and_uri(tmp_path):
+    fs, root = storage.resolve(tmp_path / "x")
     assert root == str(tmp_path / "x")
-    fs2, root2 = sh.resolve_out(f"file://{tmp_path}/x")
+    fs2, root2 = storage.resolve(f"file://{tmp_path}/x")
     assert root2 == str(tmp_path / "x") and type(fs2) is type(fs)
 
 
@@ -168,7 +169,7 @@ def test_streamed_and_in_memory_shards_are_identical(tmp_path):
     """Local shards are streamed to disk; other filesystems get them built in memory: same bytes."""
     import pyarrow.fs as pafs
 
-    fs, root = sh.resolve_out(tmp_path)
+    fs, root = storage.resolve(tmp_path)
     a = sh.write_shard(fs, f"{root}/a.arrow", _batches(300)[0])
     sub = pafs.SubTreeFileSystem(root, pafs.LocalFileSystem())  # not a LocalFileSystem: the in-memory path
     b = sh.write_shard(sub, "b.arrow", _batches(300)[0])

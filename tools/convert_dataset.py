@@ -175,7 +175,8 @@ def convert_cmd(dataset, drop_last_two, train_on_trainval, **kw):
 def verify_cmd(out, decode, progress):
     """Check OUT: re-hash every shard against the manifest and check every row (schema, counts, labels,
     complete JPEGs whose header size matches the row). Exit 1 with the first problem."""
-    from pipelines.shards import read_manifest, verify
+    from pipelines.shards import verify
+    from pipelines.storage import read_manifest
 
     try:
         verify(out, decode=decode, progress=progress)
@@ -198,10 +199,10 @@ def to_ffcv_cmd(shards, out, splits, workers, progress):
     an offsets header) for backend="ffcv". OUT (one split only) defaults to SHARDS/ffcv/<split>.beton, where
     the loader looks. Needs ffcv (`make setup-ffcv`)."""
     from pipelines.ffcv_convert import FfcvUnavailable, to_beton
-    from pipelines.reader import load_manifest
+    from pipelines.storage import read_manifest
 
     try:
-        names = [s for s in splits.split(",") if s] if splits else list(load_manifest(shards)["splits"])
+        names = [s for s in splits.split(",") if s] if splits else list(read_manifest(shards)[2]["splits"])
         if out and len(names) != 1:
             raise click.UsageError("OUT names one .beton: give exactly one split with --splits")
         for name in names:

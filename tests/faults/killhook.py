@@ -21,6 +21,7 @@ import pyarrow as pa  # noqa: E402
 
 import pipelines.convert as cv  # noqa: E402
 import pipelines.shards as sh  # noqa: E402
+import pipelines.storage as storage  # noqa: E402
 
 KILL_AT = int(os.environ.get("FAULT_KILL_AT", "0"))
 COUNT_FILE = os.environ.get("FAULT_COUNT_FILE")
@@ -46,7 +47,7 @@ def _wrap(owner, name: str) -> None:
     setattr(owner, name, wrapped)
 
 
-for _owner, _name in ((cv, "_read_clip"), (sh, "make_batch"), (sh, "write_json_atomic"), (sh, "_sha256_local"),
+for _owner, _name in ((cv, "_read_clip"), (sh, "make_batch"), (storage, "write_json_atomic"), (storage, "sha256_file"),
                       (sh, "write_shard"), (pa.ipc.RecordBatchFileWriter, "write_batch")):
     _wrap(_owner, _name)
 
