@@ -1,168 +1,163 @@
-"""``build_loader``: one entry point over the loader backends (``torch``, ``folder``, ``dali``, ``ffcv``).
+"""The loader contract: one frozen :class:`LoaderSpec` in, an iterable of batches out, whatever the backend.
 
-Every backend executes the same :class:`~pipelines.plan.ClipPlan` s (from :class:`Planner`), so for one seed
-they produce the same clips (bit-identical or within a stated resampling tolerance) in the same order.
+Every backend (``torch``, ``folder``, ``dali``, ``ffcv``) executes the same :class:`~pipelines.plan.ClipPlan` s
+(from :class:`~pipelines.plan.Planner`), so for one seed they produce the same clips (bit-identical or within a
+stated resampling tolerance) in the same order. ``docs/DESIGN.md`` describes the layers around it.
 
 Output of iterating a loader (one batch)::
 
-    train / val:  clips (B, T, 3, H, W), labels (B,) int64
-    test:         clips (B, V, T, 3, H, W), labels (B,) int64      V = test_clips * test_crops, clip-major views
+    train / val:  clips (B, T, 3, H, W) uint8, labels (B,) int64      both on spec.device
+    test:         clips (B, V, T, 3, H, W) uint8                      V = test_clips * test_crops, clip-major
 
-``clips`` are uint8, or float32 normalised with the preset's mean/std (``(x / 255 - mean) / std``) when
-``normalize=True``; both tensors are on ``device``. ``labels`` are already passed through the flip label map.
-Batches: train drops the last short batch of each rank (``drop_last=True``: every rank runs the same number of
-steps under DDP, and the rank partition is cut to ``world * (n // world)`` clips); val/test read every clip of
-the split exactly once over all ranks, no padding, and the last batch may be smaller.
+Clips are always uint8: the one normalisation (:func:`pipelines.presets.normalize`, the dataset preset's
+mean/std) is applied by the consumer on the training device. ``labels`` are already passed through the flip
+label map. Train drops the last short batch of each rank (every rank runs the same number of steps under DDP,
+and the rank partition is cut to ``world * (n // world)`` clips); val/test read every clip of the split exactly
+once over all ranks, no padding, and the last batch may be smaller.
 
-Backend plug-in contract (``pipelines/backends/<name>.py``, looked up lazily in
-:data:`pipelines.backends.BACKENDS`)::
+A loader is built once per run and reused across epochs (persistent workers, buffers and DALI pipelines)::
 
-    build_<name>_loader(*, data, split, mode, batch_size, num_segments, size, rank, world, workers, seed, epoch,
-                        device, normalize, flip, test_clips, test_crops, test_sampling, drop_last, on_bad, raw,
-                        **options) -> object with __iter__ (the batches above), __len__ and set_epoch(epoch)
+    loader = build_loader(spec)
+    loader.set_epoch(epoch, start=k)   # the next pass yields batches k..len(loader)-1 of ``epoch``; nothing
+    for clips, labels in loader: ...   # before batch k is read or decoded (plans are pure functions)
+    loader.batch_clips(b)              # clip indices (split rows) of batch b of the current epoch
+    loader.replaced, loader.stage_s    # clips replaced by on_bad="replace"; seconds per stage
+    loader.close()
 
-``data`` is the shard folder (str), ``raw`` the raw dataset root or None, ``on_bad`` ``"raise"``/``"replace"``,
-``device`` a ``torch.device``; ``options`` are backend-specific keywords (unknown ones must raise TypeError).
-:class:`Planner` gives a backend the epoch's batches of clip indices for its (rank, world) and each clip's plans.
+Backend plug-in contract (``pipelines/backends/<name>.py``, named in :data:`pipelines.backends.BACKENDS`)::
+
+    build_<name>_loader(spec: LoaderSpec, **spec.options) -> a pipelines.backends.base.Loader subclass
+
+Backend-specific options travel in ``spec.options``; an unknown one is a TypeError from the builder.
 """
 from __future__ import annotations
 
-import logging
+import os
+from dataclasses import dataclass, field, fields
+from types import MappingProxyType
+from typing import Any, Mapping, NamedTuple
 
-import numpy as np
+from pipelines.plan import MODES, Planner
 
-from pipelines import geometry, partition, presets
-from pipelines.plan import ClipPlan
-
-log = logging.getLogger(__name__)
-
-MODES = ("train", "val", "test")
 ON_BAD = ("raise", "replace")
 
 
-class Planner:
-    """Plans and batches of one split for one (rank, world): shared by every backend.
+@dataclass(frozen=True)
+class LoaderSpec:
+    """Everything a backend needs to build a loader over one split (validated on construction).
 
-    Args:
-        meta: :meth:`pipelines.reader.ShardDataset.metadata` of the split.
-        dataset, classes: from the manifest (preset and flip label map).
-        Other arguments: as :func:`build_loader`.
-    """
-
-    def __init__(self, meta: dict, *, dataset: str, classes: list[str], mode: str, batch_size: int,
-                 num_segments: int, size: int, rank: int, world: int, seed: int, flip: bool, test_clips: int,
-                 test_crops: int, test_sampling: str, drop_last: bool):
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        self.meta, self.dataset, self.mode = meta, dataset, mode
-        self.preset = presets.get(dataset)
-        self.batch_size, self.num_segments, self.size = int(batch_size), int(num_segments), int(size)
-        self.rank, self.world, self.seed = int(rank), int(world), int(seed)
-        self.flip = bool(flip) and mode == "train"
-        self.flip_map = presets.flip_label_map(dataset, classes) if self.flip else None
-        self.test_clips, self.test_crops, self.test_sampling = int(test_clips), int(test_crops), test_sampling
-        self.drop_last = bool(drop_last)
-        self.views = geometry.num_views(mode, test_clips=test_clips, test_crops=test_crops)
-        self.n = len(meta["key"])
-
-    def clips(self, epoch: int) -> np.ndarray:
-        """This rank's clip indices for ``epoch`` (train: shuffled and cut equal across ranks)."""
-        train = self.mode == "train"
-        return partition.rank_clips(self.n, rank=self.rank, world=self.world, shuffle=train, seed=self.seed,
-                                    epoch=epoch, equal=train and self.drop_last)
-
-    def batches(self, epoch: int) -> list[np.ndarray]:
-        """This rank's batches of clip indices for ``epoch``."""
-        return partition.batches(self.clips(epoch), self.batch_size, drop_last=self.drop_last)
-
-    def __len__(self) -> int:
-        n_rank = len(self.clips(0))
-        return partition.num_batches(n_rank, self.batch_size, drop_last=self.drop_last)
-
-    def plans(self, clip: int, epoch: int) -> list[ClipPlan]:
-        """The ``views`` plans of clip ``clip`` in ``epoch``."""
-        m = self.meta
-        return geometry.make_plans(
-            self.preset, self.mode, clip=int(clip), key=m["key"][clip], label=int(m["label"][clip]),
-            num_frames=int(m["num_frames"][clip]), src_size=(int(m["height"][clip]), int(m["width"][clip])),
-            num_segments=self.num_segments, size=self.size, seed=self.seed, epoch=epoch, flip=self.flip,
-            flip_map=self.flip_map, test_clips=self.test_clips, test_crops=self.test_crops,
-            test_sampling=self.test_sampling)
-
-
-def normalize_(clips, mean, std):
-    """uint8 ``(..., 3, H, W)`` -> float32 ``(x / 255 - mean) / std``, computed in two passes as
-    ``x * (1 / (255 std)) - mean / std`` (within 1e-6 of the original's four-pass order; every backend here
-    uses this function, so they round alike)."""
-    import torch
-
-    scale, bias = _norm_constants(tuple(mean), tuple(std), clips.device)
-    shape = [1] * (clips.dim() - 3) + [3, 1, 1]
-    return torch.mul(clips, scale.view(shape)).sub_(bias.view(shape))
-
-
-_NORM_CACHE: dict = {}
-
-
-def _norm_constants(mean: tuple, std: tuple, device):
-    """``(1 / (255 std), mean / std)`` as float32 tensors on ``device``, made once per (mean, std, device): a fresh
-    host->GPU copy per batch is a blocking copy, i.e. a host sync on the training stream."""
-    key = (mean, std, str(device))
-    got = _NORM_CACHE.get(key)
-    if got is None:
-        import torch
-
-        m = torch.tensor(mean, dtype=torch.float64)
-        s = torch.tensor(std, dtype=torch.float64)
-        got = ((1.0 / (255.0 * s)).to(torch.float32).to(device), (m / s).to(torch.float32).to(device))
-        _NORM_CACHE[key] = got
-    return got
-
-
-def build_loader(data, split: str, *, backend: str = "torch", mode: str = "train", batch_size: int,
-                 num_segments: int = 8, size: int = 224, rank: int = 0, world: int = 1, workers: int = 2,
-                 seed: int = 0, epoch: int = 0, device="cpu", normalize: bool = False, flip: bool = False,
-                 test_clips: int = 1, test_crops: int = 1, test_sampling: str = "uniform",
-                 drop_last: bool | None = None, on_bad: str = "raise", raw=None, **options):
-    """A loader over ``split`` of the converted dataset in ``data`` (see the module docstring for the output).
-
-    Args:
-        data: shard folder written by ``tools/convert_dataset.py`` (holds ``manifest.json``).
+    Attributes:
+        data: shard folder or URI written by ``tools/convert_dataset.py`` (holds ``manifest.json``).
         split: ``train``, ``val`` or ``test`` (a split of the manifest).
-        backend: ``torch`` (shards, workers decode the sampled JPEGs), ``folder`` (the original PIL
-            file-per-frame path; needs ``raw``), ``dali``, ``ffcv`` (optional packages).
+        backend: ``torch`` (shards, decode threads), ``folder`` (the original PIL file-per-frame path; needs
+            ``raw``), ``dali``, ``ffcv`` (optional packages).
         mode: ``train`` (random TSN sampling + multi-scale crop), ``val`` (centre), ``test`` (multi-view).
-        batch_size: clips per batch (per rank).
+        batch_size: clips per batch on this rank.
         num_segments, size: T and the output side (H = W = size).
         rank, world: this process's place in data-parallel training.
-        workers: parallel loaders: decode threads for ``torch`` (``executor="processes"``: DataLoader worker
-            processes, as ``folder`` always uses); 0 loads in the calling thread.
-        seed, epoch: all randomness derives from (seed, epoch, clip); ``set_epoch`` changes the epoch.
-        device: where batches are delivered (``"cpu"``, ``"cuda"``, ``torch.device``).
-        normalize: deliver float32 normalised clips instead of uint8.
+        workers: parallel loaders (decode threads, worker processes or DALI/numba threads, per backend);
+            0 loads in the calling thread where the backend allows it.
+        seed: all randomness derives from (seed, epoch, clip).
+        device: where batches are delivered (``"cpu"``, ``"cuda"``, ``"cuda:1"``).
         flip: label-aware random horizontal flip (train only; the original never flips).
         test_clips, test_crops, test_sampling: test views (``uniform`` deterministic or ``random`` offsets).
         drop_last: default True for train, False for val/test.
         on_bad: ``raise`` a FrameError naming dataset, clip key and frame on a corrupt JPEG, or ``replace``
             the clip by the next good one (counted in ``loader.replaced`` and logged).
         raw: raw dataset root (``folder`` backend).
-        **options: backend-specific (torch: ``resample="auto"|"torch"|"pil"|"exact"|"fused"``,
-            ``executor="threads"|"processes"``, ``channels_last=True``, ``dct_scale=False``,
-            ``decode_device=None|"cuda"``, ``prefetch_factor``; see :mod:`pipelines.backends.torch_backend`).
+        cache_dir, cache_max_gb: for remote data (``s3://`` ...): the node-local shard cache (``"auto"``: under
+            the user's cache directory; ``"none"``: read directly by range requests) and its size limit (0: none).
+        options: backend-specific keywords (see each backend's builder).
     """
-    import torch
 
+    data: str
+    split: str
+    backend: str = "torch"
+    mode: str = "train"
+    batch_size: int = 8
+    num_segments: int = 8
+    size: int = 224
+    rank: int = 0
+    world: int = 1
+    workers: int = 2
+    seed: int = 0
+    device: str = "cpu"
+    flip: bool = False
+    test_clips: int = 1
+    test_crops: int = 1
+    test_sampling: str = "uniform"
+    drop_last: bool | None = None
+    on_bad: str = "raise"
+    raw: str | None = None
+    cache_dir: str = "auto"
+    cache_max_gb: float = 0.0
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        def put(name, value):
+            object.__setattr__(self, name, value)
+
+        put("data", os.fspath(self.data))
+        put("raw", None if self.raw is None else os.fspath(self.raw))
+        put("device", str(self.device))
+        for name in ("batch_size", "num_segments", "size", "rank", "world", "workers", "seed", "test_clips",
+                     "test_crops"):
+            put(name, int(getattr(self, name)))
+        put("flip", bool(self.flip))
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.on_bad not in ON_BAD:
+            raise ValueError(f"on_bad must be one of {ON_BAD}, got {self.on_bad!r}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not 0 <= self.rank < self.world:
+            raise ValueError(f"rank {self.rank} is not in [0, world={self.world})")
+        put("drop_last", self.mode == "train" if self.drop_last is None else bool(self.drop_last))
+        put("options", MappingProxyType(dict(self.options)))
+
+    @classmethod
+    def of(cls, data, split: str, **kw) -> "LoaderSpec":
+        """A spec from keywords: the spec's fields by name, everything else into ``options``."""
+        names = {f.name for f in fields(cls)} - {"data", "split", "options"}
+        opts = dict(kw.pop("options", {}))
+        opts.update({k: kw.pop(k) for k in list(kw) if k not in names})
+        return cls(data=data, split=split, options=opts, **kw)
+
+
+class OpenSplit(NamedTuple):
+    """What every backend needs before it reads a frame: the split's shards and the planner over them."""
+
+    shards: Any  # pipelines.reader.ShardDataset (or a reader with the same interface)
+    planner: Planner
+
+
+def open_split(spec: LoaderSpec, *, verify: bool = False) -> OpenSplit:
+    """Open ``spec.split`` of ``spec.data`` and build its :class:`Planner` for (rank, world)."""
+    from pipelines.reader import ShardDataset
+
+    shards = ShardDataset(spec.data, spec.split, verify=verify)
+    planner = Planner(shards.metadata(), dataset=shards.dataset, classes=shards.classes, mode=spec.mode,
+                      batch_size=spec.batch_size, num_segments=spec.num_segments, size=spec.size, rank=spec.rank,
+                      world=spec.world, seed=spec.seed, flip=spec.flip, test_clips=spec.test_clips,
+                      test_crops=spec.test_crops, test_sampling=spec.test_sampling, drop_last=spec.drop_last)
+    return OpenSplit(shards, planner)
+
+
+def build_loader(spec: LoaderSpec | str | os.PathLike, split: str | None = None, *, epoch: int = 0, **kw):
+    """The loader of ``spec`` (see the module docstring for its output and methods).
+
+    ``build_loader(data, split, **keywords)`` is shorthand for ``build_loader(LoaderSpec.of(data, split,
+    **keywords))``; ``epoch`` selects the first epoch (``set_epoch``).
+    """
     from pipelines import backends
 
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if on_bad not in ON_BAD:
-        raise ValueError(f"on_bad must be one of {ON_BAD}, got {on_bad!r}")
-    if drop_last is None:
-        drop_last = mode == "train"
-    build = backends.get(backend)
-    return build(data=str(data), split=split, mode=mode, batch_size=int(batch_size), num_segments=int(num_segments),
-                 size=int(size), rank=int(rank), world=int(world), workers=int(workers), seed=int(seed),
-                 epoch=int(epoch), device=torch.device(device), normalize=bool(normalize), flip=bool(flip),
-                 test_clips=int(test_clips), test_crops=int(test_crops), test_sampling=test_sampling,
-                 drop_last=bool(drop_last), on_bad=on_bad, raw=None if raw is None else str(raw), **options)
+    if not isinstance(spec, LoaderSpec):
+        if split is None:
+            raise TypeError("build_loader(data, split, ...) needs the split")
+        spec = LoaderSpec.of(spec, split, **kw)
+    elif split is not None or kw:
+        raise TypeError("build_loader(spec) takes no other arguments (put options in spec.options)")
+    loader = backends.get(spec.backend)(spec, **spec.options)
+    if epoch:
+        loader.set_epoch(epoch)
+    return loader

@@ -101,3 +101,33 @@ def flip_label_map(dataset: str, classes: list[str]) -> np.ndarray:
     from pipelines import datasets  # lazy: keeps ``import pipelines.presets`` free of file access
 
     return datasets.get(dataset).flip_label_map(list(classes))
+
+
+def normalize(clips, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+    """uint8 ``(..., 3, H, W)`` -> float32 ``(x / 255 - mean) / std``: the one normalisation, applied by the
+    trainer on the training device to every backend's uint8 batches.
+
+    Computed in two passes as ``x * (1 / (255 std)) - mean / std`` (within 1e-6 of the four-pass formula)."""
+    import torch
+
+    scale, bias = _norm_constants(tuple(mean), tuple(std), clips.device)
+    shape = [1] * (clips.dim() - 3) + [3, 1, 1]
+    return torch.mul(clips, scale.view(shape)).sub_(bias.view(shape))
+
+
+_NORM_CACHE: dict = {}
+
+
+def _norm_constants(mean: tuple, std: tuple, device):
+    """``(1 / (255 std), mean / std)`` as float32 tensors on ``device``, made once per (mean, std, device): a fresh
+    host->GPU copy per batch is a blocking copy, i.e. a host sync on the training stream."""
+    key = (mean, std, str(device))
+    got = _NORM_CACHE.get(key)
+    if got is None:
+        import torch
+
+        m = torch.tensor(mean, dtype=torch.float64)
+        s = torch.tensor(std, dtype=torch.float64)
+        got = ((1.0 / (255.0 * s)).to(torch.float32).to(device), (m / s).to(torch.float32).to(device))
+        _NORM_CACHE[key] = got
+    return got

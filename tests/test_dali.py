@@ -92,7 +92,9 @@ from rawtrees import JESTER_CLASSES  # noqa: E402  (Jester's flip pairs: 0<->1, 
 
 class FakeVideos:
     """Tiny in-memory split (``n`` videos, 6-8 JPEG frames of ``h × w``) with the shard reader's interface:
-    ``metadata()`` and ``frames(row, indices)``; plans come from the real :class:`pipelines.loader.Planner`."""
+    ``metadata()`` and ``frames(row, indices)``; plans come from the real :class:`pipelines.plan.Planner`."""
+
+    dataset = "fake"
 
     def __init__(self, n=7, num_frames=6, h=72, w=96):
         self.h, self.w = h, w
@@ -114,7 +116,7 @@ class FakeVideos:
 
     def planner(self, mode="train", *, batch_size=3, epoch=None, dataset="jester", size=48, T=4, flip=True,
                 rank=0, world=1, drop_last=None, test_clips=1, test_crops=1):
-        from pipelines.loader import Planner
+        from pipelines.plan import Planner
 
         return Planner(self.metadata(), dataset=dataset, classes=list(JESTER_CLASSES), mode=mode, batch_size=batch_size,
                        num_segments=T, size=size, rank=rank, world=world, seed=0, flip=flip and dataset == "jester",
@@ -132,8 +134,8 @@ def videos():
     return FakeVideos()
 
 
-def _run_graph(plans, frames, *, size, normalize=False, two_step=False):
-    """Run the bare graph once on ``plans`` -> list of (T, H, W, 3) uint8 arrays (or CHW float)."""
+def _run_graph(plans, frames, *, size, two_step=False):
+    """Run the bare graph once on ``plans`` -> list of (T, H, W, 3) uint8 arrays."""
     from pipelines.backends import dali_graph as g
 
     T = len(plans[0].frames)
@@ -144,7 +146,7 @@ def _run_graph(plans, frames, *, size, normalize=False, two_step=False):
         return g.flatten_clips(plans, frames, two_step=two_step)
 
     pipe = g.build_pipeline(source, max_frames=len(plans) * T, out_size=size, gpu=False, device_id=None,
-                            normalize=normalize, prefetch=1, two_step=two_step)
+                            prefetch=1, two_step=two_step)
     pipe.build()
     out, pos = pipe.run()
     arr = [np.array(out[i]) for i in range(len(out))]
@@ -152,7 +154,7 @@ def _run_graph(plans, frames, *, size, normalize=False, two_step=False):
     res = []
     for k in range(len(plans)):
         clip = np.stack(arr[k * T:(k + 1) * T])
-        res.append(clip if normalize else clip.transpose(0, 2, 3, 1))
+        res.append(clip.transpose(0, 2, 3, 1))
     return res
 
 
@@ -250,25 +252,14 @@ def test_graph_flip_is_an_exact_mirror_and_windows_are_x_y():
     assert np.abs(got[2][0].astype(int) - dec[10:40, 40:80]).mean() < 1  # x is the first anchor coordinate
 
 
-@dali_test
-def test_graph_normalises_with_imagenet_stats():
-    from pipelines.backends.dali_graph import IMAGENET_MEAN, IMAGENET_STD
-
-    j = _jpeg(_pattern(40, 40, 3))
-    plan = ClipPlan(0, "k", 0, (0,), (40, 40), (40, 40), (0, 0, 40, 40), (40, 40), False)
-    u8 = _run_graph([plan], [[j]], size=(40, 40))[0][0].astype(np.float32)  # HWC
-    f = _run_graph([plan], [[j]], size=(40, 40), normalize=True)[0][0]  # CHW float
-    expect = ((u8 / 255.0 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)).transpose(2, 0, 1)
-    assert f.dtype == np.float32 and np.abs(f - expect).max() < 1e-4
-
-
 # ------------------------------------------------------------------------------------------ the loader
-def _loader(videos, mode="train", *, fetch=None, on_bad="raise", normalize=False, strict=False, **kw):
+def _loader(videos, mode="train", *, fetch=None, on_bad="raise", strict=False, **kw):
     from pipelines.backends.dali import DaliLoader
+    from pipelines.loader import LoaderSpec, OpenSplit
 
-    return DaliLoader(videos.planner(mode, **kw), fetch or videos.frames, dataset="fake", split="val",
-                      device="cpu", normalize=normalize, on_bad=on_bad, num_threads=2, prefetch=2, record=True,
-                      strict=strict)
+    spec = LoaderSpec("(in memory)", "val", backend="dali", mode=mode, device="cpu", on_bad=on_bad)
+    return DaliLoader(spec, OpenSplit(videos, videos.planner(mode, **kw)), fetch=fetch or videos.frames,
+                      num_threads=2, prefetch=2, record=True, strict=strict)
 
 
 def _served_plans(loader):
@@ -329,13 +320,6 @@ def test_loader_follows_the_planner_across_epochs(videos):
     for _ in loader:
         break
     assert sum(c.shape[0] for c, _ in loader) == 6
-    # float output: the preset's normalisation, inside the graph
-    f = _loader(videos, "val", batch_size=7, normalize=True)
-    u = _loader(videos, "val", batch_size=7)
-    (cf, _), = list(f)
-    (cu, _), = list(u)
-    from pipelines.loader import normalize_
-    assert cf.dtype == torch.float32 and (cf - normalize_(cu, f.mean, f.std)).abs().max() < 1e-4
 
 
 @dali_test
@@ -508,20 +492,25 @@ def test_dali_ranks_shard_by_global_rank_and_eval_is_exact(shards):
 
 
 @dali_test
-def test_dali_options_and_float_output(shards):
+def test_dali_options_and_mid_epoch_start(shards):
     import torch
 
     from pipelines.loader import build_loader
 
     with pytest.raises(TypeError):
         build_loader(shards, "val", backend="dali", batch_size=2, no_such_option=1)
-    d = build_loader(shards, "val", backend="dali", mode="val", batch_size=4, num_segments=4, size=48,
-                     normalize=True, num_threads=1, prefetch=1)
-    t = build_loader(shards, "val", backend="torch", mode="val", batch_size=4, num_segments=4, size=48,
-                     normalize=True, workers=0)
-    for (dc, dl), (tc, tl) in zip(d, t):
-        assert dc.dtype == torch.float32 and dc.device == torch.device("cpu") and torch.equal(dl, tl)
-        assert (dc - tc).abs().mean() < MEAN_TOL_ONE_RESIZE / 255 / 0.224 + 1e-3
+    d = build_loader(shards, "train", backend="dali", mode="train", batch_size=2, num_segments=4, size=48,
+                     num_threads=1, prefetch=1, record=True)
+    d.set_epoch(1)
+    full = list(d)
+    assert len(full) == len(d) == 5 and full[0][0].dtype == torch.uint8
+    d.set_epoch(1, start=3)  # resume at batch 3: only batches 3 and 4 are read and decoded
+    tail = list(d)
+    assert [b for b, _ in d.served] == [3, 4] and len(tail) == 2
+    for (dc, dl), (fc, fl) in zip(tail, full[3:]):
+        assert torch.equal(dc, fc) and torch.equal(dl, fl)
+    d.set_epoch(2)  # a whole epoch again after a partial one
+    assert [b for b, _ in (list(d), d.served)[1]] == [0, 1, 2, 3, 4]
 
 
 def test_build_loader_without_dali_says_how_to_install(tmp_path, monkeypatch):

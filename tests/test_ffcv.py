@@ -137,7 +137,7 @@ def test_ffcv_matches_the_torch_backend_clip_for_clip(shards, split, kw):
 
 
 @ffcv_test
-def test_ffcv_ranks_options_and_float_output(shards):
+def test_ffcv_ranks_options_and_mid_epoch_start(shards):
     import torch
 
     from pipelines.loader import build_loader
@@ -147,16 +147,25 @@ def test_ffcv_ranks_options_and_float_output(shards):
     rows, count = [], 0
     for rank in range(2):
         d = build_loader(shards, "val", backend="ffcv", mode="val", batch_size=2, num_segments=4, size=48,
-                         rank=rank, world=2, workers=1, record=True, normalize=True)
+                         rank=rank, world=2, workers=1, record=True)
         for clips, labels in d:
-            assert clips.dtype == torch.float32 and clips.shape[1:] == (4, 3, 48, 48)
+            assert clips.dtype == torch.uint8 and clips.shape[1:] == (4, 3, 48, 48)
             count += len(labels)
         rows += [ps[0].clip for _, vids in d.served for ps in vids]
     assert count == n and sorted(rows) == list(range(n))  # every val clip once over the ranks
     t = build_loader(shards, "val", backend="torch", mode="val", batch_size=2, num_segments=4, size=48,
-                     rank=1, world=2, workers=0, normalize=True)
+                     rank=1, world=2, workers=0)
     for (dc, dl), (tc, tl) in zip(d, t):
-        assert torch.equal(dl, tl) and (dc - tc).abs().mean() < MEAN_TOL / 255 / 0.224
+        assert torch.equal(dl, tl) and (dc.float() - tc.float()).abs().mean() < MEAN_TOL
+    tr = build_loader(shards, "train", backend="ffcv", mode="train", batch_size=2, num_segments=4, size=48,
+                      workers=1, record=True)
+    tr.set_epoch(1)
+    full = list(tr)
+    tr.set_epoch(1, start=3)  # resume at batch 3 of 5: FFCV traverses only the remaining batches
+    tail = list(tr)
+    assert len(full) == len(tr) == 5 and [b for b, _ in tr.served] == [3, 4]
+    for (a, al), (b, bl) in zip(tail, full[3:]):
+        assert torch.equal(a, b) and torch.equal(al, bl)
     with pytest.raises(TypeError):
         build_loader(shards, "val", backend="ffcv", batch_size=2, no_such_option=1)
     with pytest.raises(FileNotFoundError, match="to-ffcv"):

@@ -46,9 +46,9 @@ def test_shapes_dtypes_and_len(jester):
         assert c.shape == (3, T, 3, SIZE, SIZE) and c.dtype == torch.uint8 and lab.dtype == torch.int64
     loader, bs = load(jester, "val")
     assert len(loader) == len(bs) == 3 and [len(lab) for _, lab in bs] == [3, 3, 1]
-    loader, bs = load(jester, "test", test_clips=2, test_crops=3, normalize=True)
+    loader, bs = load(jester, "test", test_clips=2, test_crops=3)
     c, lab = cat(bs)
-    assert c.shape == (3, 6, T, 3, SIZE, SIZE) and c.dtype == torch.float32 and (lab == -1).all()
+    assert c.shape == (3, 6, T, 3, SIZE, SIZE) and c.dtype == torch.uint8 and (lab == -1).all()
 
 
 def test_val_labels_follow_the_manifest_order(jester):
@@ -61,13 +61,18 @@ def test_val_labels_follow_the_manifest_order(jester):
     assert [val[k]["label"] for k in meta["key"]] == meta["label"].tolist()
 
 
-def test_normalize_matches_uint8(jester):
-    _, a = load(jester, "val")
-    _, b = load(jester, "val", normalize=True)
-    x = cat(a)[0].float() / 255
-    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 1, 3, 1, 1)
-    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 1, 3, 1, 1)
-    assert torch.allclose(cat(b)[0], (x - mean) / std, atol=1e-6)
+@pytest.mark.parametrize("mode", ["val", "test"])
+def test_the_one_normalisation_is_the_imagenet_formula(jester, mode):
+    from pipelines.presets import get, normalize
+
+    _, a = load(jester, mode, test_clips=2)
+    clips = cat(a)[0]
+    preset = get("jester")
+    got = normalize(clips, preset.mean, preset.std)
+    shape = [1] * (clips.dim() - 3) + [3, 1, 1]
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(shape)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(shape)
+    assert got.dtype == torch.float32 and torch.allclose(got, (clips.float() / 255 - mean) / std, atol=1e-6)
 
 
 def test_deterministic_across_runs_and_worker_counts(jester):
@@ -212,17 +217,11 @@ def test_thread_loader_keeps_the_callers_torch_threads(jester):
     loader.close()
 
 
-def test_normalize_in_threads_matches_inline(jester):
-    _, a = load(jester, "train", normalize=True, workers=0)
-    _, b = load(jester, "train", normalize=True, workers=2)
-    assert cat(a)[0].dtype == torch.float32 and torch.equal(cat(a)[0], cat(b)[0])
-
-
-def test_folder_normalises_in_workers_like_the_original(jester):
-    kw = dict(mode="val", batch_size=4, num_segments=T, size=SIZE, workers=0, normalize=True)
+def test_folder_val_equals_the_exact_torch_path(jester):
+    kw = dict(mode="val", batch_size=4, num_segments=T, size=SIZE, workers=0)
     folder = cat(list(build_loader(jester["out"], "val", backend="folder", raw=jester["raw"], **kw)))
     exact = cat(list(build_loader(jester["out"], "val", backend="torch", resample="pil", **kw)))
-    assert folder[0].dtype == torch.float32 and torch.equal(folder[0], exact[0])
+    assert folder[0].dtype == torch.uint8 and torch.equal(folder[0], exact[0])
 
 
 @pytest.mark.parametrize("name", ["egogesture", "sthv2"])
@@ -375,7 +374,7 @@ def test_exit_while_decode_threads_are_busy_is_clean(jester):
 
     script = ("import sys; from pipelines import build_loader\n"
               "ld = build_loader(sys.argv[1], 'train', batch_size=2, num_segments=8, size=64, workers=2,"
-              " normalize=True, prefetch_factor=4)\n"
+              " prefetch_factor=4)\n"
               "it = iter(ld)\n"
               "for _ in range(int(sys.argv[2])): next(it)\n")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -383,3 +382,63 @@ def test_exit_while_decode_threads_are_busy_is_clean(jester):
         p = subprocess.run([sys.executable, "-c", script, jester["out"], str(taken)], cwd=root, capture_output=True,
                            text=True, timeout=120)
         assert p.returncode == 0 and "terminate" not in p.stderr, (taken, p.returncode, p.stderr[-2000:])
+
+
+def _count_decodes(monkeypatch):
+    """Count the frames the torch/folder executors decode (a spy around the real decoders)."""
+    from PIL import Image
+
+    from pipelines import decode
+
+    seen = []
+    real_jpeg, real_open = decode.decode_jpeg, Image.open
+    monkeypatch.setattr(decode, "decode_jpeg", lambda data, **kw: seen.append(1) or real_jpeg(data, **kw))
+    monkeypatch.setattr(Image, "open", lambda fp, *a, **kw: seen.append(1) or real_open(fp, *a, **kw))
+    return seen
+
+
+@pytest.mark.parametrize("backend,extra", [("torch", {}), ("torch", {"executor": "processes", "workers": 0}),
+                                           ("folder", {})])
+def test_start_at_batch_k_decodes_only_batches_k_to_n(jester, monkeypatch, backend, extra):
+    """set_epoch(epoch, start=k): the pass yields batches k..n-1, equal to those of a full pass, and decodes
+    exactly their frames (plans are pure functions of (seed, epoch, clip): nothing before k is read)."""
+    from pipelines.plan import needed_frames
+
+    kw = dict(backend=backend, mode="train", batch_size=2, num_segments=T, size=SIZE, seed=4, workers=0,
+              raw=jester["raw"])
+    kw.update(extra)
+    loader = build_loader(jester["out"], "train", **kw)
+    n = len(loader)
+    loader.set_epoch(1)
+    full = list(loader)
+    seen = _count_decodes(monkeypatch)
+    k = 3
+    loader.set_epoch(1, start=k)
+    tail = list(loader)
+    assert len(loader) == n == 5 and len(tail) == n - k
+    for (c, lab), (fc, flab) in zip(tail, full[k:]):
+        assert torch.equal(c, fc) and torch.equal(lab, flab)
+    want = sum(len(needed_frames(loader.planner.plans(int(c), 1))) for b in range(k, n)
+               for c in loader.batch_clips(b))
+    assert len(seen) == want > 0
+    assert [loader.batch_clips(b).tolist() for b in range(n)] == [b.tolist() for b in loader.planner.batches(1)]
+    loader.set_epoch(1, start=n)
+    assert list(loader) == []
+    with pytest.raises(ValueError, match="start batch"):
+        loader.set_epoch(1, start=n + 1)
+    loader.close()
+
+
+def test_loader_spec_is_frozen_and_validated(jester):
+    from pipelines.loader import LoaderSpec
+
+    spec = LoaderSpec.of(jester["out"], "val", mode="val", batch_size=2, resample="pil")
+    assert spec.options == {"resample": "pil"} and spec.drop_last is False and spec.device == "cpu"
+    with pytest.raises(AttributeError):
+        spec.batch_size = 3
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        build_loader(LoaderSpec.of(jester["out"], "val", no_such_option=1))
+    with pytest.raises(ValueError, match="rank 2 is not in"):
+        LoaderSpec(jester["out"], "val", rank=2, world=2)
+    with pytest.raises(ValueError, match="on_bad"):
+        LoaderSpec(jester["out"], "val", on_bad="ignore")

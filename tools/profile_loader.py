@@ -136,13 +136,10 @@ def decode_ceiling(blobs: list[bytes], workers: int, repeat: int = 1) -> dict:
 def sampled_bytes(data: str, split: str, *, mode: str, batch_size: int, num_segments: int, size: int, seed: int,
                   n_batches: int) -> list[bytes]:
     """The JPEG bytes the train plans of the first ``n_batches`` batches sample (same order as the loaders)."""
-    from pipelines.loader import Planner
-    from pipelines.reader import ShardDataset
+    from pipelines.loader import LoaderSpec, open_split
 
-    ds = ShardDataset(data, split)
-    planner = Planner(ds.metadata(), dataset=ds.dataset, classes=ds.classes, mode=mode, batch_size=batch_size,
-                      num_segments=num_segments, size=size, rank=0, world=1, seed=seed, flip=False, test_clips=1,
-                      test_crops=1, test_sampling="uniform", drop_last=mode == "train")
+    ds, planner = open_split(LoaderSpec(data, split, mode=mode, batch_size=batch_size, num_segments=num_segments,
+                                        size=size, seed=seed))
     out, epoch = [], 0
     while len(out) < n_batches * batch_size * num_segments:
         for b in planner.batches(epoch):
@@ -159,10 +156,11 @@ def profile_backend(backend: str, *, data, raw, split, mode, batch_size, batches
     import torch
 
     from pipelines import build_loader
+    from pipelines.presets import normalize as normalise
 
     name, _, variant = backend.partition(":")
     kw = dict(backend=name, mode=mode, batch_size=batch_size, num_segments=num_segments, size=size,
-              workers=workers, seed=seed, device=device, normalize=normalize)
+              workers=workers, seed=seed, device=device)
     if name == "folder":
         kw["raw"] = raw
     if variant in ("threads", "processes"):  # torch:processes -> the DataLoader-process executor
@@ -180,6 +178,8 @@ def profile_backend(backend: str, *, data, raw, split, mode, batch_size, batches
     while done < warmup + batches:
         loader.set_epoch(epoch)
         for clips, labels in loader:
+            if normalize:  # what the trainer does to every batch, on the delivery device
+                clips = normalise(clips, loader.planner.preset.mean, loader.planner.preset.std)
             done += 1
             if done == warmup:
                 if cuda:
@@ -267,8 +267,8 @@ def plot(results: list, ceiling: dict, num_segments: int, path: str, title: str)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--normalize/--no-normalize", default=False, show_default=True,
-              help="float normalised output (folder: in workers, as the original; torch: on the device, which "
-                   "is the main process on a CPU-only host); default: uint8, as a GPU trainer receives it")
+              help="also normalise each batch on --device, as the trainer does (pipelines.presets.normalize); "
+                   "default: the loaders' uint8 output alone")
 @click.option("--json", "json_path", type=click.Path(), default=None)
 @click.option("--plot", "plot_path", type=click.Path(), default=None)
 def main(data, raw, generate, dataset, clips, frames, split, mode, backends, batch_size, batches, warmup, rounds,

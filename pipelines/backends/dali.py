@@ -9,7 +9,7 @@ What happens per batch of B clips (T frames each):
    (:func:`pipelines.backends.dali_graph.flatten_clips`);
 3. the DALI graph (:func:`pipelines.backends.dali_graph.build_pipeline`) decodes only the crop window
    (nvJPEG, ``device="mixed"``, on a GPU; libjpeg-turbo with ``device_id=None`` on a CPU-only machine), resizes
-   it to ``size``×``size``, flips and normalises;
+   it to ``size``×``size`` and flips (uint8 out, like every backend);
 4. DALI's PyTorch iterator hands the frames over (zero copy); they are viewed as ``(B, T, 3, H, W)``
    (``(B, V, T, 3, H, W)`` in test mode). Labels (already swapped by the flip map in the plans) come from the
    host's record of the batch, checked against the clip positions that travel through the graph with the
@@ -31,9 +31,8 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from pipelines.backends.base import Loader, replace_bad
 from pipelines.backends.dali_graph import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     INSTALL_HINT,
     OUTPUT_NAMES,
     BackendUnavailable,
@@ -42,8 +41,8 @@ from pipelines.backends.dali_graph import (
     flatten_clips,
     import_dali,
 )
-from pipelines.errors import FrameError
-from pipelines.plan import ClipPlan
+from pipelines.errors import FrameError, corrupt_frame
+from pipelines.plan import ClipPlan, needed_frames
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +74,6 @@ def resolve_device(device=None) -> tuple[bool, int | None, "object"]:
     return True, int(index), torch.device("cuda", int(index))
 
 
-MAX_REPLACE_TRIES = 16  # as the torch backend: consecutive bad candidates before giving up
 _TAIL = 1024  # bytes searched for the EOI marker by the cheap pre-check
 
 
@@ -131,7 +129,7 @@ class _Source:
         self.epoch, self.batches, self.first = 0, [], 0
         self.in_flight: collections.deque = collections.deque()
         self.bad: set[int] = set()  # rows known bad (replace mode)
-        self.replaced = 0
+        self.replaced = 0  # clips whose place another clip took (one per original clip)
         self.read_s = 0.0
 
     def load(self, epoch: int, batches, first: int = 0):
@@ -139,36 +137,27 @@ class _Source:
         self.in_flight.clear()
 
     def error(self, plan: ClipPlan, frame: int, reason: str) -> FrameError:
-        """Worded as the torch backend words it."""
-        return FrameError(f"{self.dataset} {self.split}: clip {plan.key!r} (row {plan.clip}) frame {frame}: "
-                          f"corrupt JPEG ({reason})")
+        return corrupt_frame(self.dataset, self.split, plan.key, plan.clip, frame, reason)
 
     def read_clip(self, clip: int):
         """``(plans, frames per plan)`` of row ``clip``: its views and their T encoded frames."""
         plans = self.planner.plans(clip, self.epoch)
-        wanted = sorted({j for p in plans for j in p.frames})
+        wanted = needed_frames(plans)
         bufs = dict(zip(wanted, self.fetch(clip, wanted)))
         return plans, [[bufs[j] for j in p.frames] for p in plans], bufs
 
     def load_clip(self, clip: int):
-        n = self.planner.n
-        for attempt in range(MAX_REPLACE_TRIES):
-            cand = (clip + attempt) % n
-            if cand in self.bad:
-                self.replaced += 1
-                continue
+        def good(cand):
             plans, frames, bufs = self.read_clip(cand)
-            err = next((self.error(plans[0], j, r) for j, b in bufs.items()
-                        if (r := self.check(b, plans[0].src_size)) is not None), None)
-            if err is None:
-                return plans, frames
-            if self.on_bad != "replace":
-                raise err
-            log.warning("%s; replaced by the next clip (on_bad='replace')", err)
-            self.bad.add(cand)
-            self.replaced += 1
-        raise FrameError(f"{self.dataset} {self.split}: {MAX_REPLACE_TRIES} consecutive clips from row {clip} "
-                         "are bad; giving up (run tools/convert_dataset.py verify)")
+            for j, b in bufs.items():
+                if (reason := self.check(b, plans[0].src_size)) is not None:
+                    raise self.error(plans[0], j, reason)
+            return plans, frames
+
+        got, replaced = replace_bad(good, clip, n=self.planner.n, on_bad=self.on_bad,
+                                    where=f"{self.dataset} {self.split}", bad=self.bad)
+        self.replaced += replaced
+        return got
 
     def __call__(self, info):
         i = self.first + info.iteration
@@ -189,7 +178,7 @@ class _Source:
         for _, videos, _ in self.in_flight:
             for plans in videos:
                 plan = plans[0]
-                wanted = sorted({j for p in plans for j in p.frames})
+                wanted = needed_frames(plans)
                 for j, buf in zip(wanted, self.fetch(plan.clip, wanted)):
                     reason = check_jpeg(buf, plan.src_size)
                     if reason is not None:
@@ -200,29 +189,24 @@ class _Source:
 
 
 # --------------------------------------------------------------------------------------------------- loader
-class DaliLoader:
-    """Iterable over one rank's batches of an epoch, executed by DALI (output: see :mod:`pipelines.loader`):
-    ``clips`` (B, T, 3, H, W) -- (B, V, T, 3, H, W) in ``test`` mode -- uint8 or normalised float32, and
-    ``labels`` (B,) int64, both on ``device``.
+class DaliLoader(Loader):
+    """The DALI backend's loader (contract: :mod:`pipelines.loader`): ``clips`` (B, T, 3, H, W) --
+    (B, V, T, 3, H, W) in ``test`` mode -- uint8 and ``labels`` (B,) int64, both on ``spec.device``.
 
     Args:
-        planner: a :class:`pipelines.loader.Planner` (or anything with ``batches(epoch)`` -> arrays of rows,
-            ``plans(row, epoch)`` -> the row's view plans, ``mode``, ``views``, ``n``, ``batch_size``,
+        spec: the :class:`pipelines.loader.LoaderSpec` (device, on_bad, seed: DALI's own seed -- the graph draws
+            no random numbers; all randomness is in the plans).
+        split: :func:`pipelines.loader.open_split` (or anything with ``shards.dataset`` and a planner with
+            ``batches(epoch)``, ``plans(row, epoch)``, ``mode``, ``views``, ``n``, ``batch_size``,
             ``num_segments``, ``size`` and ``__len__``): the *shared* plans, so every backend executes the same.
-        fetch: ``fetch(row, frame_indices) -> encoded JPEGs`` (:meth:`pipelines.reader.ShardDataset.frames`).
-        dataset, split: for messages. device: torch device of the outputs (CUDA needs a GPU DALI can see).
-        normalize: float32 ``(x/255 - mean) / std`` instead of uint8 (done inside the DALI graph).
-        on_bad: ``raise`` a FrameError naming dataset, split, clip key, row and frame, or ``replace`` the clip
-            by the next good row (``replaced`` counts them).
+        fetch: ``fetch(row, frame_indices) -> encoded JPEGs`` (default ``split.shards.frames``).
         num_threads: DALI CPU threads. prefetch: DALI prefetch queue depth (batches).
-        seed: DALI's own seed (the graph draws no random numbers; all randomness is in the plans).
         record: keep ``served``: ``(batch index, [view plans per clip])`` of every batch yielded this epoch.
         strict: decode every frame on the host first (libjpeg-turbo, strict) -- slow; see "Bad input" below.
         two_step: resample the decoded window twice (to the crop's size in the pre-resized frame, then to
             ``size``) like the reference, or once, straight to ``size``. ``None`` (default): twice only where
             the reference resamples twice (train with a pre-resize: Jester, EgoGesture), since that is where
-            one resampling differs visibly (sharper: mean |Δ| 2.3/255 vs 0.3 on the test trees); costs one more
-            resize (measured ~25% fewer clips/s on CPU).
+            one resampling differs visibly; costs one more resize.
 
     Bad input: not-a-JPEG bytes, truncated streams and frames whose size differs from the shard's are caught
     by a cheap host check (header + markers) or by DALI itself, and reported exactly like the torch backend. A
@@ -231,51 +215,34 @@ class DaliLoader:
     gap at the cost of a host decode; ``tools/convert_dataset.py verify --decode`` checks shards offline.
     """
 
-    def __init__(self, planner, fetch: Callable, *, dataset: str = "dataset", split: str = "?", device=None,
-                 normalize: bool = True, mean=IMAGENET_MEAN, std=IMAGENET_STD, on_bad: str = "raise",
-                 num_threads: int = 2, prefetch: int = 2, seed: int = 0, epoch: int = 0, record: bool = False,
-                 strict: bool = False, two_step: bool | None = None):
+    def __init__(self, spec, split, *, fetch: Callable | None = None, num_threads: int = 2, prefetch: int = 2,
+                 record: bool = False, strict: bool = False, two_step: bool | None = None):
         import_dali()  # fail early, with the install hint
-        if on_bad not in ("raise", "replace"):
-            raise ValueError(f"on_bad must be 'raise' or 'replace', got {on_bad!r}")
-        self.planner = planner
+        super().__init__(spec, split)
+        planner = self.planner
         self.T = int(planner.num_segments)
         self.out_size = (int(planner.size), int(planner.size))
         self.views = planner.mode == "test"
-        self.dataset, self.split = dataset, split
-        self.normalize = bool(normalize)
-        self.mean, self.std = tuple(mean), tuple(std)
         self.num_threads = max(1, int(num_threads))
         self.prefetch = max(1, int(prefetch))
-        self.seed = int(seed)
-        self.epoch = int(epoch)
+        self.seed = spec.seed
         self.record = bool(record)
         self.served: list = []
-        self.gpu, self.device_id, self.device = resolve_device(device)
+        self.gpu, self.device_id, self.device = resolve_device(spec.device)
         if two_step is None:  # two resamplings only where the reference has two (a pre-resize *and* a rescaled crop)
             preset = getattr(planner, "preset", None)
             two_step = planner.mode == "train" and preset is not None and preset.train_resize != "none"
         self.two_step = bool(two_step)
-        self._source = _Source(planner, fetch, on_bad=on_bad, dataset=dataset, split=split, strict=strict,
-                               two_step=self.two_step)
+        self._source = _Source(planner, fetch or self.shards.frames, on_bad=spec.on_bad, dataset=self.dataset,
+                               split=self.split, strict=strict, two_step=self.two_step)
         self._iter = None  # DALIGenericIterator, built on first use
         self._clean = False  # the DALI iterator finished its last epoch: reset() is allowed
-        # profile_loader's stages: read = host (plans, shard bytes, checks, flattening: the external source);
-        # decode = waiting for DALI (decode + resize + flip + normalise); to_device = copies after DALI.
-        self.stage_s = {"read": 0.0, "decode": 0.0, "augment": 0.0, "to_device": 0.0}
-        self.batches_seen = 0
+        # stages: read = host (plans, shard bytes, checks, flattening: the external source); decode = waiting
+        # for DALI (decode + resize + flip); to_device = copies after DALI.
 
     @property
     def replaced(self) -> int:
-        """Bad clips replaced so far (``on_bad="replace"``)."""
         return self._source.replaced
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch the next ``iter()`` produces (reshuffle, new frames/crops/flips)."""
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return len(self.planner)
 
     def close(self) -> None:
         """Release the DALI pipeline (the next ``iter()`` builds a new one)."""
@@ -288,8 +255,7 @@ class DaliLoader:
         max_frames = self.planner.batch_size * self.planner.views * self.T
         pipe = build_pipeline(self._source, max_frames=max_frames, out_size=self.out_size, gpu=self.gpu,
                               device_id=self.device_id, num_threads=self.num_threads, prefetch=self.prefetch,
-                              normalize=self.normalize, mean=self.mean, std=self.std, seed=self.seed,
-                              two_step=self.two_step)
+                              seed=self.seed, two_step=self.two_step)
         self._iter = DALIGenericIterator([pipe], list(OUTPUT_NAMES), auto_reset=False, prepare_first_batch=False)
 
     def _start(self, batches, first: int):
@@ -331,11 +297,11 @@ class DaliLoader:
 
         batches = self.planner.batches(self.epoch)
         self.served = []
-        if not batches:
+        if self.start >= len(batches):
             return
         T = self.T
-        self._start(batches, 0)
-        i = 0
+        i = self.start
+        self._start(batches, i)
         while i < len(batches):
             t0 = time.perf_counter()
             out = self._next()
@@ -373,13 +339,11 @@ class DaliLoader:
             raise RuntimeError("dali backend: the pipeline produced more batches than the epoch has")
 
 
-def build_dali_loader(*, data, split, mode, batch_size, num_segments, size, rank, world, workers, seed, epoch,
-                      device, normalize, flip, test_clips, test_crops, test_sampling, drop_last, on_bad, raw=None,
-                      num_threads: int | None = None, prefetch: int = 2, record: bool = False,
+def build_dali_loader(spec, *, num_threads: int | None = None, prefetch: int = 2, record: bool = False,
                       strict: bool = False, resample: str = "auto", verify: bool = False) -> DaliLoader:
-    """The ``dali`` backend (plug-in contract in :mod:`pipelines.loader`). ``raw`` is ignored.
+    """The ``dali`` backend (contract: :mod:`pipelines.loader`).
 
-    Sharding by global rank is the shared :class:`~pipelines.loader.Planner`'s (rank ``r`` reads
+    Sharding by global rank is the shared :class:`~pipelines.plan.Planner`'s (rank ``r`` reads
     ``order[r::world]``, DALI's ``shard_id=rank, num_shards=world``); every epoch reshuffles (train);
     val/test cover every clip once, the last batch short. Options: ``num_threads`` (DALI CPU threads; default
     ``max(workers, 1)`` -- DALI's threads take the place of DataLoader workers), ``prefetch`` (DALI queue depth,
@@ -391,17 +355,8 @@ def build_dali_loader(*, data, split, mode, batch_size, num_segments, size, rank
     modes = {"auto": None, "twice": True, "once": False}
     if resample not in modes:
         raise ValueError(f"dali backend: resample must be one of {', '.join(modes)}, got {resample!r}")
-    from pipelines.loader import Planner  # noqa: PLC0415
-    from pipelines.reader import ShardDataset  # noqa: PLC0415
+    from pipelines.loader import open_split  # noqa: PLC0415
 
-    shards = ShardDataset(data, split, verify=verify)
-    planner = Planner(shards.metadata(), dataset=shards.dataset, classes=shards.classes, mode=mode,
-                      batch_size=batch_size, num_segments=num_segments, size=size, rank=rank, world=world, seed=seed,
-                      flip=flip, test_clips=test_clips, test_crops=test_crops, test_sampling=test_sampling,
-                      drop_last=drop_last)
-    preset = planner.preset
-    return DaliLoader(planner, shards.frames, dataset=shards.dataset, split=split, device=device,
-                      normalize=normalize, mean=preset.mean, std=preset.std, on_bad=on_bad,
-                      num_threads=num_threads if num_threads is not None else max(1, int(workers)),
-                      prefetch=prefetch, seed=seed, epoch=epoch, record=record, strict=strict,
-                      two_step=modes[resample])
+    return DaliLoader(spec, open_split(spec, verify=verify),
+                      num_threads=num_threads if num_threads is not None else max(1, spec.workers),
+                      prefetch=prefetch, record=record, strict=strict, two_step=modes[resample])

@@ -12,7 +12,7 @@ Two halves, as in DALI's EfficientNet example:
   the integer window; ``device="mixed"`` = nvJPEG on a GPU, ``"cpu"`` = libjpeg-turbo otherwise) →
   ``resize`` (sub-pixel ROI → ``out``, bilinear, antialiased like PIL's BILINEAR; or, ``two_step``, ROI → crop
   size → ``out``, the reference's two resamplings) →
-  ``crop_mirror_normalize`` (flip, CHW, uint8 or ImageNet-normalised float).
+  ``crop_mirror_normalize`` (flip, CHW, uint8; the consumer normalises: :func:`pipelines.presets.normalize`).
 
 JPEG decoding matches libjpeg-turbo/simplejpeg bit for bit (``jpeg_fancy_upsampling=True``, which also makes
 nvJPEG upsample chroma like the CPU). Axis orders verified on DALI 2.4: ``image_slice(axis_names="WH")`` takes anchor ``(x, y)`` / shape ``(w, h)``;
@@ -30,8 +30,6 @@ import numpy as np
 from pipelines.plan import ClipPlan, source_window
 
 #: ImageNet statistics (RGB, 0..1); the graph multiplies by 255 because it normalises uint8 pixels.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 #: Extra source pixels decoded around the crop window so bilinear taps at its edges see real neighbours.
 WINDOW_PAD = 0
@@ -164,9 +162,6 @@ def build_pipeline(
     device_id: int | None,
     num_threads: int = 2,
     prefetch: int = 2,
-    normalize: bool = True,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
     antialias: bool = True,
     two_step: bool = False,
     seed: int = 0,
@@ -179,7 +174,7 @@ def build_pipeline(
     the crop's size in the pre-resized frame first and then to ``out``, as the reference does (closer pixels,
     one more resize). ``gpu=True`` decodes with nvJPEG (``device="mixed"``) and runs the rest on GPU ``device_id``;
     otherwise everything runs on the CPU and ``device_id`` must be ``None``. Outputs (see :data:`OUTPUT_NAMES`):
-    ``frames`` (N, 3, H, W) uint8, or float32 ``(x/255 - mean) / std`` when ``normalize``; and ``position``
+    ``frames`` (N, 3, H, W) uint8; and ``position``
     (N,) int64 on the CPU (each frame's tag from the source, to check the batch order).
 
     Measured on the CPU (DALI 2.4, 2 threads, 64 frames of ~240x220 → 224²): ROI decode ~23 ms, one bilinear
@@ -226,17 +221,7 @@ def build_pipeline(
         else:  # one resampling: source window -> out
             img = fn.resize(img, size=(out_h, out_w), roi_start=roi_start, roi_end=roi_end,
                             interp_type=types.INTERP_LINEAR, antialias=antialias)
-        if normalize:
-            img = fn.crop_mirror_normalize(
-                img,
-                mirror=mirror,
-                dtype=types.FLOAT,
-                output_layout="CHW",
-                mean=[float(m) * 255.0 for m in mean],
-                std=[float(s) * 255.0 for s in std],
-            )
-        else:
-            img = fn.crop_mirror_normalize(img, mirror=mirror, dtype=types.UINT8, output_layout="CHW")
+        img = fn.crop_mirror_normalize(img, mirror=mirror, dtype=types.UINT8, output_layout="CHW")
         return img, position
 
     return clip_pipeline()

@@ -2,7 +2,7 @@
 
 Data: one ``.beton`` per split (:mod:`pipelines.ffcv_convert`; ``tools/convert_dataset.py to-ffcv SHARDS``),
 row ``i`` = clip ``i`` of the split, its JPEGs concatenated behind an offsets header. The shard folder is still
-the source of the split's metadata (the shared :class:`~pipelines.loader.Planner`) and of replacement clips.
+the source of the split's metadata (the shared :class:`~pipelines.plan.Planner`) and of replacement clips.
 
 Per epoch:
 
@@ -15,10 +15,9 @@ Per epoch:
    row from the memory-mapped beton, decodes *only the sampled frames* with FFCV's libjpeg-turbo
    ``imdecode``, applies the plan's pre-resize, crop, resize and flip with a numba port of PIL's bilinear
    resampling (:mod:`pipelines.backends.ffcv_kernels`) and writes ``(V, T, 3, H, W)`` uint8;
-4. ``ToTensor`` hands the batch over (zero copy); the host copies it out of FFCV's ring buffer, normalises it
-   with the shared :func:`pipelines.loader.normalize_` (so the rounding is every backend's), moves it to
-   ``device`` and takes labels from the plans; the row indices FFCV read travel with the pixels and are
-   checked against the plan.
+4. ``ToTensor`` hands the batch over (zero copy); the host copies it out of FFCV's ring buffer (uint8, like
+   every backend's), moves it to ``device`` and takes labels from the plans; the row indices FFCV read travel
+   with the pixels and are checked against the plan.
 
 The decoder reads the plan table through its address (a numba intrinsic): FFCV compiles the pipeline once,
 and numba would freeze a captured array at compile time, so per-epoch plans could not reach it otherwise.
@@ -29,7 +28,7 @@ Pixels: FFCV's ``imdecode`` uses libjpeg-turbo's fast integer IDCT (``TJFLAG_FAS
 
 Pitfalls handled: FFCV is imported lazily (the first import takes ~5 s: numba); FFCV's ``Compiler`` sets
 ``torch.set_num_threads(workers)`` as a side effect, undone here; normalisation is done on the host tensor
-after ``ToTensor`` with the shared function (nothing non-jitted sits between jitted stages); numba's thread
+is the consumer's (nothing non-jitted sits between jitted stages); numba's thread
 pool can print finalizer noise at interpreter exit, which is harmless.
 """
 from __future__ import annotations
@@ -40,14 +39,15 @@ import time
 
 import numpy as np
 
-from pipelines.errors import FrameError
+from pipelines.backends.base import Loader, replace_bad
+from pipelines.plan import needed_frames
+from pipelines.errors import FrameError, corrupt_frame
 from pipelines.ffcv_convert import INSTALL_HINT, FfcvUnavailable, default_path, import_ffcv
 
 log = logging.getLogger(__name__)
 
 __all__ = ["FfcvLoader", "FfcvUnavailable", "INSTALL_HINT", "build_ffcv_loader"]
 
-MAX_REPLACE_TRIES = 16
 _GEOM = 9  # sh, sw, rh, rw, cx, cy, cw, ch, flip
 _REASONS = {1: "not a JPEG or no frame header", 2: "decoded size differs from the shard's", 3: "truncated",
             4: "libjpeg-turbo failed to decode", 5: "frame index out of range"}
@@ -177,20 +177,19 @@ class _PlannedOrder:
             else np.zeros(0, np.uint64)
 
 
-class FfcvLoader:
-    """Iterable over one rank's batches of an epoch, executed by FFCV (output: see :mod:`pipelines.loader`).
+class FfcvLoader(Loader):
+    """The FFCV backend's loader (contract: :mod:`pipelines.loader`).
 
     Args:
-        planner: the shared :class:`pipelines.loader.Planner`.
+        spec, split: the :class:`pipelines.loader.LoaderSpec` and :func:`pipelines.loader.open_split` (the shared
+            planner; the shards give replacement clips, ``on_bad="replace"``).
         beton: path of the split's ``.beton`` (:mod:`pipelines.ffcv_convert`).
-        shards: the split's :class:`pipelines.reader.ShardDataset` (replacement clips, ``on_bad="replace"``).
         workers: numba threads of FFCV's decoder (``prange`` over the clips of a batch).
         batches_ahead: FFCV's prefetch depth.
         record: keep ``served``: ``(batch index, [view plans per clip])`` of every batch (tests).
     """
 
-    def __init__(self, planner, beton: str, shards, *, dataset: str, split: str, device, normalize: bool,
-                 mean, std, on_bad: str = "raise", workers: int = 2, batches_ahead: int = 2, epoch: int = 0,
+    def __init__(self, spec, split, beton: str, *, workers: int = 2, batches_ahead: int = 2,
                  os_cache: bool = True, record: bool = False):
         import torch  # noqa: PLC0415
 
@@ -201,17 +200,13 @@ class FfcvLoader:
 
         if not os.path.exists(beton):
             raise FileNotFoundError(f"{beton}: FFCV file not found (run `tools/convert_dataset.py to-ffcv "
-                                    f"{os.path.dirname(os.path.dirname(beton)) or '.'} --splits {split}`)")
-        self.planner, self.beton, self.shards = planner, beton, shards
-        self.dataset, self.split, self.on_bad = dataset, split, on_bad
-        self.device, self.normalize, self.mean, self.std = torch.device(device), bool(normalize), mean, std
-        self.epoch, self.record = int(epoch), bool(record)
+                                    f"{os.path.dirname(os.path.dirname(beton)) or '.'} --splits {spec.split}`)")
+        super().__init__(spec, split)
+        planner = self.planner
+        self.beton, self.on_bad, self.record = beton, spec.on_bad, bool(record)
         self.T, self.V = int(planner.num_segments), int(planner.views)
         self.views = planner.mode == "test"
-        self.replaced = 0
         self.served: list = []
-        self.stage_s = {"read": 0.0, "decode": 0.0, "augment": 0.0, "to_device": 0.0}
-        self.batches_seen = 0
         n = int(planner.n)
         self._plans = np.zeros((max(n, 1), self.V, self.T + _GEOM), np.int32)
         self._status = np.zeros((max(n, 1), 2), np.int32)
@@ -230,16 +225,9 @@ class FfcvLoader:
         finally:
             torch.set_num_threads(threads)  # FFCV's Compiler sets torch's thread count as a side effect
         if self._loader.reader.num_samples != n:
-            raise ValueError(f"{beton}: {self._loader.reader.num_samples} rows, but split {split!r} of the shards "
+            raise ValueError(f"{beton}: {self._loader.reader.num_samples} rows, but split {self.split!r} of the shards "
                              f"has {n} clips (re-run tools/convert_dataset.py to-ffcv)")
         self._loader.traversal_order = _PlannedOrder(self)
-
-    # -------------------------------------------------------------------------------------------- contract
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return len(self.planner)
 
     def close(self) -> None:
         """Stop FFCV's epoch thread (if any) and wait for it, so the plan table may be rewritten."""
@@ -272,49 +260,46 @@ class FfcvLoader:
 
     def _error(self, clip: int) -> FrameError:
         code, frame = (int(x) for x in self._status[clip])
-        key = self.planner.meta["key"][clip]
-        return FrameError(f"{self.dataset} {self.split}: clip {key!r} (row {clip}) frame {frame}: corrupt JPEG "
-                          f"({_REASONS.get(code, f'error {code}')})")
+        return corrupt_frame(self.dataset, self.split, self.planner.meta["key"][clip], clip, frame,
+                             _REASONS.get(code, f"error {code}"))
 
     def _replace(self, clip: int, dest) -> list:
-        """Fill ``dest`` (V, T, 3, H, W) with the next good clip after ``clip`` (host decode, the torch
+        """Fill ``dest`` (V, T, 3, H, W) with the next good clip after the bad ``clip`` (host decode, the torch
         backend's executor); returns its view plans."""
         import torch  # noqa: PLC0415
 
         from pipelines import decode  # noqa: PLC0415
 
-        n = self.planner.n
-        for attempt in range(1, MAX_REPLACE_TRIES + 1):
-            cand = (clip + attempt) % n
-            if cand in self._bad:
-                continue
+        def host(cand):
             plans = self.planner.plans(cand, self.epoch)
-            wanted = sorted({j for p in plans for j in p.frames})
-            try:
-                dec = {j: decode.decode_jpeg(b) for j, b in zip(wanted, self.shards.frames(cand, wanted))}
-                if any(a.shape[:2] != tuple(plans[0].src_size) for a in dec.values()):
-                    raise ValueError("size")
-            except ValueError:
-                self._bad.add(cand)
-                self.replaced += 1
-                continue
-            for v, p in enumerate(plans):
-                arr = np.stack([dec[j] for j in p.frames])
-                dest[v].copy_(torch.from_numpy(decode.run_plan_pil_arrays(arr, p)))
-            return plans
-        raise FrameError(f"{self.dataset} {self.split}: {MAX_REPLACE_TRIES} consecutive clips from row {clip} "
-                         "are bad; giving up (run tools/convert_dataset.py verify)")
+            wanted = needed_frames(plans)
+            dec = {}
+            for j, b in zip(wanted, self.shards.frames(cand, wanted)):
+                try:
+                    dec[j] = decode.decode_jpeg(b)
+                except ValueError as e:
+                    raise self.frame_error(plans[0].key, cand, j, e) from None
+                if dec[j].shape[:2] != tuple(plans[0].src_size):
+                    raise self.frame_error(plans[0].key, cand, j, "decoded size differs from the shard's")
+            return plans, dec
+
+        self._bad.add(clip)
+        (plans, dec), _ = replace_bad(host, clip, n=self.planner.n, on_bad="replace", where=self.where,
+                                      bad=self._bad)
+        for v, p in enumerate(plans):
+            arr = np.stack([dec[j] for j in p.frames])
+            dest[v].copy_(torch.from_numpy(decode.run_plan_pil_arrays(arr, p)))
+        return plans
 
     def __iter__(self):
         import torch  # noqa: PLC0415
 
-        from pipelines.loader import normalize_  # noqa: PLC0415
-
         self.close()
-        batches = self.planner.batches(self.epoch)
+        pending = self.pending()
         self.served = []
-        if not batches:
+        if not pending:
             return
+        batches = [ids for _, ids in pending]
         t0 = time.perf_counter()
         self._epoch_batches = batches
         self._fill(batches)
@@ -326,7 +311,7 @@ class FfcvLoader:
             torch.set_num_threads(threads)
         it = self._it
         try:
-            for i, expect in enumerate(batches):
+            for i, expect in pending:
                 t0 = time.perf_counter()
                 try:
                     index, frames = next(it)  # outputs in the beton's field order
@@ -345,8 +330,7 @@ class FfcvLoader:
                         if self.on_bad != "replace":
                             raise self._error(c)
                         log.warning("%s; replaced by the next clip (on_bad='replace')", self._error(c))
-                        self._bad.add(c)
-                        self.replaced += 1
+                        self._replaced += 1
                         videos.append(self._replace(c, clips[b]))
                     else:
                         videos.append(self._view_plans[c])
@@ -358,8 +342,6 @@ class FfcvLoader:
                 if clips.device != self.device:
                     clips = clips.to(self.device, non_blocking=True)
                 labels = labels.to(self.device, non_blocking=True)
-                if self.normalize:
-                    clips = normalize_(clips, self.mean, self.std)
                 self.stage_s["to_device"] += time.perf_counter() - t2
                 if self.record:
                     self.served.append((i, videos))
@@ -370,28 +352,17 @@ class FfcvLoader:
                 self.close()
 
 
-def build_ffcv_loader(*, data, split, mode, batch_size, num_segments, size, rank, world, workers, seed, epoch,
-                      device, normalize, flip, test_clips, test_crops, test_sampling, drop_last, on_bad, raw=None,
-                      beton: str | None = None, batches_ahead: int = 2, os_cache: bool = True,
+def build_ffcv_loader(spec, *, beton: str | None = None, batches_ahead: int = 2, os_cache: bool = True,
                       record: bool = False, verify: bool = False) -> FfcvLoader:
-    """The ``ffcv`` backend (plug-in contract in :mod:`pipelines.loader`). ``raw`` is ignored.
+    """The ``ffcv`` backend (contract: :mod:`pipelines.loader`).
 
     Options: ``beton`` (default ``<data>/ffcv/<split>.beton``, written by ``tools/convert_dataset.py to-ffcv``),
     ``batches_ahead`` (FFCV prefetch depth), ``os_cache`` (FFCV's page-cache reader; False: process cache),
-    ``record`` (keep the plans served, for tests), ``verify`` (re-hash the shards first). ``workers`` is the
+    ``record`` (keep the plans served, for tests), ``verify`` (re-hash the shards first). ``spec.workers`` is the
     number of numba threads of the decoder (FFCV's ``num_workers``).
     """
     import_ffcv()  # the install hint, before any file is opened
-    from pipelines.loader import Planner  # noqa: PLC0415
-    from pipelines.reader import ShardDataset  # noqa: PLC0415
+    from pipelines.loader import open_split  # noqa: PLC0415
 
-    shards = ShardDataset(data, split, verify=verify)
-    planner = Planner(shards.metadata(), dataset=shards.dataset, classes=shards.classes, mode=mode,
-                      batch_size=batch_size, num_segments=num_segments, size=size, rank=rank, world=world, seed=seed,
-                      flip=flip, test_clips=test_clips, test_crops=test_crops, test_sampling=test_sampling,
-                      drop_last=drop_last)
-    preset = planner.preset
-    return FfcvLoader(planner, beton or default_path(data, split), shards, dataset=shards.dataset, split=split,
-                      device=device, normalize=normalize, mean=preset.mean, std=preset.std, on_bad=on_bad,
-                      workers=max(1, int(workers)), batches_ahead=batches_ahead, epoch=epoch, os_cache=os_cache,
-                      record=record)
+    return FfcvLoader(spec, open_split(spec, verify=verify), beton or default_path(spec.data, spec.split),
+                      workers=max(1, spec.workers), batches_ahead=batches_ahead, os_cache=os_cache, record=record)

@@ -2,11 +2,11 @@
 
 Workers open the raw JPEG files of the sampled frames one by one with PIL (``Image.open(path).convert("RGB")``)
 and apply the original transforms on PIL images (:func:`pipelines.decode.run_plan_pil`: ``GroupScale`` /
-squash, crop, ``GroupMultiScaleCrop``'s resize, flip); with ``normalize=True`` they also convert to float and
-normalise in the worker, as the original ``ToTorchFormatTensor`` + ``GroupNormalize`` did.
+squash, crop, ``GroupMultiScaleCrop``'s resize, flip); batches are uint8 like every backend's (the original's
+``ToTorchFormatTensor`` + ``GroupNormalize`` is :func:`pipelines.presets.normalize`, applied by the consumer).
 
 Sampling and geometry are *not* re-implemented: the clip order, keys, labels, frame counts and sizes come from
-the shard manifest/metadata of the same split (``data``), and the plans from :class:`pipelines.loader.Planner`,
+the shard manifest/metadata of the same split (``data``), and the plans from :class:`pipelines.plan.Planner`,
 so for one seed ``folder`` and ``torch`` compute the same clips. Frame files are found with the dataset's own
 annotation reader (:mod:`pipelines.datasets`) and the converter's folder scan (:func:`pipelines.convert.
 scan_folder` / ``resolve_clip``): key -> the same frame list conversion stored.
@@ -20,8 +20,7 @@ import time
 
 from pipelines.backends.torch_backend import BatchSource, TorchLoader
 from pipelines.errors import AnnotationError, FrameError
-from pipelines.loader import Planner
-from pipelines.reader import ShardDataset
+from pipelines.plan import Planner, needed_frames
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +71,7 @@ class FolderSource(BatchSource):
         if len(files) != int(self.planner.meta["num_frames"][clip]):
             raise FrameError(f"{self.dataset} {self.split}: clip {key!r} has {len(files)} frame files under "
                              f"{self.raw} but {int(self.planner.meta['num_frames'][clip])} in the shards")
-        wanted = sorted({j for p in plans for j in p.frames})
+        wanted = needed_frames(plans)
         imgs = {}
         t_read = 0.0
         for j in wanted:
@@ -94,24 +93,22 @@ class FolderSource(BatchSource):
         return plans[0].label
 
 
-def build_folder_loader(*, data, split, mode, batch_size, num_segments, size, rank, world, workers, seed, epoch,
-                        device, normalize, flip, test_clips, test_crops, test_sampling, drop_last, on_bad, raw=None,
-                        prefetch_factor: int = 2) -> TorchLoader:
-    """The ``folder`` backend (plug-in contract in :mod:`pipelines.loader`); needs ``raw`` and ``data``."""
+def build_folder_loader(spec, *, prefetch_factor: int = 2) -> TorchLoader:
+    """The ``folder`` backend (contract: :mod:`pipelines.loader`); needs ``spec.raw`` and ``spec.data``. Always
+    DataLoader worker processes, as the original."""
+    from pipelines.loader import open_split
+
+    raw = spec.raw
     if raw is None:
         raise ValueError("the folder backend reads the raw frames: pass raw= (--raw) as well as the shard folder")
     if not os.path.isdir(raw):
         raise AnnotationError(f"{raw}: raw dataset root is not a directory")
-    shards = ShardDataset(data, split)
-    planner = Planner(shards.metadata(), dataset=shards.dataset, classes=shards.classes, mode=mode,
-                      batch_size=batch_size, num_segments=num_segments, size=size, rank=rank, world=world, seed=seed,
-                      flip=flip, test_clips=test_clips, test_crops=test_crops, test_sampling=test_sampling,
-                      drop_last=drop_last)
-    refs = clip_files(shards.dataset, raw, split, shards.classes, shards.manifest.get("options", {}))
-    preset = planner.preset
+    split = open_split(spec)
+    shards, planner = split
+    refs = clip_files(shards.dataset, raw, spec.split, shards.classes, shards.manifest.get("options", {}))
 
     def make(batches, ep):
-        return FolderSource(raw, refs, planner, batches, ep, on_bad=on_bad, dataset=shards.dataset, split=split)
+        return FolderSource(raw, refs, planner, batches, ep, on_bad=spec.on_bad, dataset=shards.dataset,
+                            split=spec.split)
 
-    return TorchLoader(planner, make, workers=workers, device=device, normalize=normalize, epoch=epoch,
-                       prefetch_factor=prefetch_factor, mean=preset.mean, std=preset.std, normalize_in_workers=True)
+    return TorchLoader(spec, split, make, prefetch_factor=prefetch_factor, executor="processes")

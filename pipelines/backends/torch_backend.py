@@ -42,8 +42,8 @@ the same path on the CPU, for tests; ``on_bad="replace"`` is not available on th
 ``"torch"`` there),
 ``prefetch_factor`` (2), ``executor``, ``channels_last``.
 
-For a CPU device with ``normalize=True`` the workers normalise (in parallel, instead of the main thread) and the
-time counts as ``augment``; for CUDA the main process copies non-blocking and normalises on the GPU.
+Batches are uint8 (the consumer normalises on its device, :func:`pipelines.presets.normalize`); for CUDA they
+are filled in page-locked memory and copied non-blocking.
 """
 from __future__ import annotations
 
@@ -54,18 +54,16 @@ import weakref
 import numpy as np
 
 from pipelines import decode
+from pipelines.backends.base import Loader, replace_bad
 from pipelines.errors import DataError, FrameError
-from pipelines.loader import Planner, normalize_
-from pipelines.reader import ShardDataset
+from pipelines.plan import Planner, needed_frames
 
 log = logging.getLogger(__name__)
 
-STAGES = ("read", "decode", "augment", "to_device")
 RESAMPLE = ("auto", "torch", "pil", "fused")
 FUSED = {"auto": "auto", "torch": False, "pil": False, "fused": True}
 RESAMPLE_ALIASES = {"exact": "pil"}
 EXECUTORS = ("threads", "processes")
-MAX_REPLACE_TRIES = 16
 
 
 class Failure:
@@ -91,7 +89,6 @@ class BatchSource:
     def __init__(self, planner: Planner, batches: list, epoch: int, *, on_bad: str, dataset: str, split: str):
         self.planner, self.batches, self.epoch = planner, batches, int(epoch)
         self.on_bad, self.dataset, self.split = on_bad, dataset, split
-        self.normalize = None  # (mean, std): normalise in the worker (CPU delivery, and the folder original)
 
     def alloc(self, n: int, *, dtype=None, pin: bool = False, pool: "_BufferPool | None" = None):
         """An uninitialised batch of ``n`` clips, shape ``(n, V, T, 3, H, W)`` (channels-last memory when
@@ -131,32 +128,18 @@ class BatchSource:
         info = np.zeros(4, dtype=np.float64)
         for k, clip in enumerate(ids):
             labels[k] = self.load_with_replacement(int(clip), out[k], info)
-        if self.normalize is not None:
-            t0 = time.perf_counter()
-            out = normalize_(out, *self.normalize)
-            info[3] += time.perf_counter() - t0
         return out, torch.from_numpy(labels), info
 
     def load_with_replacement(self, clip: int, dest, info) -> int:
-        n = self.planner.n
-        for attempt in range(MAX_REPLACE_TRIES):
-            cand = (clip + attempt) % n
-            try:
-                label = self.load_clip(cand, dest, info)
-            except FrameError as e:
-                if self.on_bad != "replace":
-                    raise
-                log.warning("%s; trying the next clip (on_bad='replace')", e)
-                continue
-            if attempt:
-                info[0] += 1  # one replaced clip, however many candidates were bad
-            return label
-        raise FrameError(f"{self.dataset} {self.split}: {MAX_REPLACE_TRIES} consecutive clips from row {clip} "
-                         "are bad; giving up (run tools/convert_dataset.py verify)")
+        label, replaced = replace_bad(lambda c: self.load_clip(c, dest, info), clip, n=self.planner.n,
+                                      on_bad=self.on_bad, where=f"{self.dataset} {self.split}")
+        info[0] += replaced
+        return label
 
-    def frame_error(self, plan_key: str, clip: int, frame: int, err) -> FrameError:
-        return FrameError(f"{self.dataset} {self.split}: clip {plan_key!r} (row {clip}) frame {frame}: "
-                          f"corrupt JPEG ({err})")
+    def frame_error(self, plan_key: str, clip: int, frame: int, err):
+        from pipelines.errors import corrupt_frame
+
+        return corrupt_frame(self.dataset, self.split, plan_key, clip, frame, err)
 
     def load_clip(self, clip: int, dest, info) -> int:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -168,7 +151,7 @@ class ShardSource(BatchSource):
     Frames are decoded straight into a reusable per-thread scratch array (no allocation, no ``np.stack``) and
     resampled straight into the clip's slot of the batch."""
 
-    def __init__(self, shards: ShardDataset, planner: Planner, batches: list, epoch: int, *, on_bad: str,
+    def __init__(self, shards, planner: Planner, batches: list, epoch: int, *, on_bad: str,
                  resample: str = "torch", dct_scale: bool = False, channels_last: bool = False):
         super().__init__(planner, batches, epoch, on_bad=on_bad, dataset=shards.dataset, split=shards.split)
         self.shards, self.resample, self.dct_scale = shards, resample, bool(dct_scale)
@@ -227,7 +210,7 @@ class ShardSource(BatchSource):
 
         t0 = time.perf_counter()
         plans = self.planner.plans(clip, self.epoch)
-        wanted = sorted({j for p in plans for j in p.frames})
+        wanted = needed_frames(plans)
         bufs = self.shards.frames(clip, wanted)
         t1 = time.perf_counter()
         arr = self._decode_all(plans, clip, wanted, bufs)
@@ -248,7 +231,7 @@ class ShardSource(BatchSource):
 class BytesSource(BatchSource):
     """For ``decode_device="cuda"``: workers only gather the sampled JPEG bytes; decoding happens on the GPU."""
 
-    def __init__(self, shards: ShardDataset, planner: Planner, batches: list, epoch: int, *, on_bad: str):
+    def __init__(self, shards, planner: Planner, batches: list, epoch: int, *, on_bad: str):
         super().__init__(planner, batches, epoch, on_bad=on_bad, dataset=shards.dataset, split=shards.split)
         self.shards = shards
 
@@ -260,7 +243,7 @@ class BytesSource(BatchSource):
         items, chunks = [], []
         for clip in ids:
             plans = self.planner.plans(int(clip), self.epoch)
-            wanted = sorted({j for p in plans for j in p.frames})
+            wanted = needed_frames(plans)
             items.append((int(clip), plans, wanted))
             chunks.extend(np.array(x) for x in self.shards.frames(int(clip), wanted))
         sizes = np.array([len(c) for c in chunks], dtype=np.int64)
@@ -269,39 +252,28 @@ class BytesSource(BatchSource):
         return ("bytes", items, data, torch.from_numpy(sizes)), info
 
 
-class TorchLoader:
-    """Iterable over the batches of one (rank, world) and epoch; see :mod:`pipelines.loader` for the output."""
+class TorchLoader(Loader):
+    """The torch backend's loader (contract: :mod:`pipelines.loader`); ``make_source(batches, epoch)`` builds the
+    map-style :class:`BatchSource` the workers run."""
 
-    def __init__(self, planner: Planner, make_source, *, workers: int, device, normalize: bool, epoch: int,
-                 prefetch_factor: int = 2, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
-                 normalize_in_workers: bool = False, gpu_decode=None, executor: str = "processes"):
+    def __init__(self, spec, split, make_source, *, prefetch_factor: int = 2, gpu_decode=None,
+                 executor: str = "threads"):
+        super().__init__(spec, split)
         if executor not in EXECUTORS:
             raise ValueError(f"executor must be one of {EXECUTORS}, got {executor!r}")
-        self.planner, self.make_source = planner, make_source
-        self.workers, self.device, self.normalize = int(workers), device, bool(normalize)
-        self.epoch, self.prefetch_factor = int(epoch), int(prefetch_factor)
-        self.mean, self.std = tuple(mean), tuple(std)
-        self.normalize_in_workers = normalize_in_workers
+        self.make_source = make_source
+        self.workers, self.prefetch_factor = spec.workers, int(prefetch_factor)
         self.gpu_decode = gpu_decode
         self.executor = "processes" if gpu_decode is not None else executor
-        self.replaced = 0
         self.sync_timing = False  # tools/profile_loader.py sets it: synchronise CUDA per batch for stage times
-        self.stage_s = dict.fromkeys(STAGES, 0.0)
-        self.batches_seen = 0
         self._source = None
         self._dl = None
         self._sampler = None
         self._pool = None
         self._buffers = None
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return len(self.planner)
-
     def _keys(self):
-        return [(self.epoch, b) for b in range(len(self.planner.batches(self.epoch)))]
+        return [(self.epoch, b) for b, _ in self.pending()]
 
     def _items(self, source):
         if self.workers == 0:
@@ -312,8 +284,7 @@ class TorchLoader:
 
         if self._dl is None:  # one DataLoader, persistent workers: no re-fork per epoch
             self._sampler = _EpochKeys()
-            # its own generator: the DataLoader draws its workers' base seed from it, not from torch's global RNG
-            # (which the training step's dropout uses; the workers themselves use no torch randomness)
+            # its own generator for the workers' base seed, so building it leaves torch's global RNG (dropout) alone
             self._dl = torch.utils.data.DataLoader(
                 source, batch_size=None, shuffle=False, sampler=self._sampler, num_workers=self.workers,
                 pin_memory=self.device.type == "cuda", prefetch_factor=self.prefetch_factor, persistent_workers=True,
@@ -327,32 +298,26 @@ class TorchLoader:
         collation. Up to ``prefetch_factor * workers`` batches are in flight; they are yielded in order."""
         import collections
 
-        import torch
-
         if self._pool is None:
-            self._pool = _ThreadPool(self.workers)
-            weakref.finalize(self, self._pool.shutdown)
+            self._pool = _thread_pool(self.workers)
+            weakref.finalize(self, self._pool.shutdown, wait=True, cancel_futures=True)
         epoch = self.epoch
-        source = self.make_source(self.planner.batches(epoch), epoch)  # one per pass: its epoch is fixed
-        norm = None
-        if self.normalize and (self.normalize_in_workers or self.device.type == "cpu"):
-            norm = (self.mean, self.std)  # CPU delivery: the threads normalise, clip by clip, in parallel
+        pending = [ids for _, ids in self.pending()]
+        source = self.make_source(pending, epoch)  # one per pass: its epoch is fixed
         pin = self.device.type == "cuda"
         depth = max(1, self.prefetch_factor * self.workers)
         if self._buffers is None:
             self._buffers = _BufferPool(keep=depth + 2)
         pool = None if pin else self._buffers  # pinned memory has its own caching allocator
         jobs: collections.deque = collections.deque()
-        nxt, total = 0, len(source.batches)
+        nxt, total = 0, len(pending)
         try:
             while nxt < total or jobs:
                 while nxt < total and len(jobs) < depth:
-                    ids = source.batches[nxt]
-                    job = _Job(source, ids, source.alloc(len(ids), pin=pin, pool=pool),
-                               None if norm is None else source.alloc(len(ids), dtype=torch.float32, pin=pin,
-                                                                      pool=pool), norm)
+                    ids = pending[nxt]
+                    job = _Job(source, ids, source.alloc(len(ids), pin=pin, pool=pool))
                     for k in range(len(ids)):
-                        self._pool.submit(job, k)
+                        self._pool.submit(job.run, k)
                     jobs.append(job)
                     nxt += 1
                 job = jobs.popleft()
@@ -365,18 +330,14 @@ class TorchLoader:
         """Stop the worker processes / threads now (they also stop when the loader is dropped)."""
         self._dl = None
         if self._pool is not None:
-            self._pool.shutdown()
+            self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
 
     def __iter__(self):
         if self.executor == "threads" and self.workers > 0:
             return self._iterate(self._thread_items())
-        if self._source is None:
+        if self._source is None:  # one source for every epoch: its items are keyed (epoch, batch)
             self._source = self.make_source(self.planner.batches(self.epoch), self.epoch)
-            if self.normalize and (self.normalize_in_workers or
-                                   (self.device.type == "cpu" and self.gpu_decode is None)):
-                # CPU delivery: the workers are the device's cores too, and they normalise in parallel
-                self._source.normalize = (self.mean, self.std)
         return self._iterate(self._items(self._source))
 
     def _iterate(self, items):
@@ -397,8 +358,6 @@ class TorchLoader:
             if self.device.type == "cuda" and not labels.is_cuda:
                 labels = labels.pin_memory()  # a pageable source would make the copy block on the stream
             labels = labels.to(self.device, non_blocking=True)
-            if self.normalize and clips.dtype == torch.uint8:
-                clips = normalize_(clips, self.mean, self.std)
             if not test:
                 clips = clips.squeeze(1)
             if self.sync_timing and self.device.type == "cuda":
@@ -406,7 +365,7 @@ class TorchLoader:
                 # stream (the previous training step too), so training leaves it off
                 torch.cuda.current_stream(self.device).synchronize()
             info = np.asarray(info, dtype=np.float64)
-            self.replaced += int(info[0])
+            self._replaced += int(info[0])
             for name, v in zip(("read", "decode", "augment"), info[1:]):
                 self.stage_s[name] += float(v)
             self.stage_s["to_device"] += time.perf_counter() - t0
@@ -450,12 +409,12 @@ class _BufferPool:
 
 
 class _Job:
-    """One batch being filled by the thread pool: clip ``k`` of ``ids`` goes to ``out[k]`` (task ``(job, k)``)."""
+    """One batch being filled by the thread pool: clip ``k`` of ``ids`` goes to ``out[k]`` (task ``run(k)``)."""
 
-    def __init__(self, source: BatchSource, ids, out, fout, norm):
+    def __init__(self, source: BatchSource, ids, out):
         import threading
 
-        self.source, self.ids, self.out, self.fout, self.norm = source, ids, out, fout, norm
+        self.source, self.ids, self.out = source, ids, out
         self.labels = np.empty(len(ids), dtype=np.int64)
         self.infos = np.zeros((len(ids), 4), dtype=np.float64)
         self.errors: list = [None] * len(ids)
@@ -470,10 +429,6 @@ class _Job:
         try:
             if not self.cancelled:
                 self.labels[k] = self.source.load_with_replacement(int(self.ids[k]), self.out[k], self.infos[k])
-                if self.norm is not None:
-                    t0 = time.perf_counter()
-                    self.fout[k].copy_(normalize_(self.out[k], *self.norm))
-                    self.infos[k, 3] += time.perf_counter() - t0
         except BaseException as e:  # noqa: BLE001 - handed to the consumer, re-raised there
             self.errors[k] = e
         with self._lock:
@@ -488,67 +443,33 @@ class _Job:
         for e in self.errors:  # the first bad clip in batch order, whatever thread finished first
             if e is not None:
                 raise e
-        clips = self.out if self.fout is None else self.fout
-        return clips, torch.from_numpy(self.labels), self.infos.sum(0)
+        return self.out, torch.from_numpy(self.labels), self.infos.sum(0)
 
 
-class _ThreadPool:
-    """``n`` daemon threads running :meth:`_Job.run` tasks in submission order.
+def _thread_pool(n: int):
+    """A ``ThreadPoolExecutor`` of ``n`` threads, all started now, each with torch intra-op parallelism 1.
 
-    Each thread limits its own torch intra-op parallelism to 1 (OpenMP's thread count is per calling thread):
-    the pool *is* the parallelism, and nested OpenMP teams on a busy machine cost more than they give (measured:
-    2 intra-op threads per decode thread make the resizes 2-4x slower on 2 cores). The process-wide default
-    that ``torch.set_num_threads`` also records is restored afterwards, so the caller's threads (the training
-    step) keep theirs."""
+    OpenMP's thread count is per calling thread: the pool *is* the parallelism, and nested OpenMP teams on a
+    busy machine cost more than they give. ``torch.set_num_threads`` in a thread also records a process-wide
+    default for threads started later; it is restored once the pool's threads exist, so the caller's threads
+    (the training step) keep theirs. Tasks run in submission order (the executor's queue is FIFO)."""
+    import concurrent.futures as cf
+    import threading
 
-    def __init__(self, n: int):
-        import queue
-        import threading
-
-        import torch
-
-        self._q: queue.SimpleQueue = queue.SimpleQueue()
-        n = max(1, int(n))
-        before = torch.get_num_threads()
-        ready = threading.Barrier(n + 1)
-        self._threads = [threading.Thread(target=_pool_worker, args=(self._q, ready), daemon=True,
-                                          name=f"torch-loader-{i}") for i in range(n)]
-        for t in self._threads:
-            t.start()
-        ready.wait()
-        restore = threading.Thread(target=torch.set_num_threads, args=(before,))  # sets the default, not ours
-        restore.start()
-        restore.join()
-
-    def submit(self, job: _Job, k: int) -> None:
-        self._q.put((job, k))
-
-    def shutdown(self, timeout: float = 10.0) -> None:
-        """Stop the threads and wait for them (a finished job is never cut short). Joining matters at exit:
-        daemon threads still inside torch/OpenMP while the interpreter tears down C++ state abort the process
-        ("terminate called without an active exception")."""
-        import threading
-
-        threads, self._threads = self._threads, []
-        for _ in threads:
-            self._q.put(None)
-        me = threading.current_thread()
-        for t in threads:
-            if t is not me:
-                t.join(timeout)
-
-
-def _pool_worker(q, ready) -> None:
     import torch
 
-    torch.set_num_threads(1)
+    n = max(1, int(n))
+    before = torch.get_num_threads()
+    ex = cf.ThreadPoolExecutor(n, thread_name_prefix="torch-loader", initializer=torch.set_num_threads,
+                               initargs=(1,))
+    ready = threading.Barrier(n + 1)
+    for _ in range(n):  # each waiting task holds a thread, so the executor starts all n of them
+        ex.submit(ready.wait)
     ready.wait()
-    while True:
-        item = q.get()
-        if item is None:
-            return
-        job, k = item
-        job.run(k)
+    restore = threading.Thread(target=torch.set_num_threads, args=(before,))  # sets the default, not ours
+    restore.start()
+    restore.join()
+    return ex
 
 
 class _EpochKeys:
@@ -565,7 +486,7 @@ class _EpochKeys:
         return len(self.keys)
 
 
-def _gpu_decoder(planner: Planner, shards: ShardDataset, resample: str = "auto", channels_last: bool = True):
+def _gpu_decoder(planner: Planner, shards, resample: str = "auto", channels_last: bool = True):
     """Main-process half of ``decode_device="cuda"``: batched nvJPEG decode + plan execution on the GPU."""
 
     def run(payload, device):
@@ -608,39 +529,34 @@ def _gpu_decoder(planner: Planner, shards: ShardDataset, resample: str = "auto",
     return run
 
 
-def build_torch_loader(*, data, split, mode, batch_size, num_segments, size, rank, world, workers, seed, epoch,
-                       device, normalize, flip, test_clips, test_crops, test_sampling, drop_last, on_bad, raw=None,
-                       resample: str = "auto", dct_scale: bool = False, decode_device=None,
+def build_torch_loader(spec, *, resample: str = "auto", dct_scale: bool = False, decode_device=None,
                        prefetch_factor: int = 2, verify: bool = False, executor: str = "threads",
                        channels_last: bool = True) -> TorchLoader:
-    """The ``torch`` backend (plug-in contract in :mod:`pipelines.loader`). ``raw`` is ignored."""
+    """The ``torch`` backend (contract: :mod:`pipelines.loader`); its options are described in this module's
+    docstring. ``verify`` re-hashes the shards first."""
+    import torch
+
+    from pipelines.loader import open_split
+
     resample = RESAMPLE_ALIASES.get(resample, resample)
     if resample not in RESAMPLE:
         raise ValueError(f"resample must be one of {RESAMPLE + tuple(RESAMPLE_ALIASES)}, got {resample!r}")
     if executor not in EXECUTORS:
         raise ValueError(f"executor must be one of {EXECUTORS}, got {executor!r}")
-    shards = ShardDataset(data, split, verify=verify)
-    planner = Planner(shards.metadata(), dataset=shards.dataset, classes=shards.classes, mode=mode,
-                      batch_size=batch_size, num_segments=num_segments, size=size, rank=rank, world=world, seed=seed,
-                      flip=flip, test_clips=test_clips, test_crops=test_crops, test_sampling=test_sampling,
-                      drop_last=drop_last)
-    preset = planner.preset
+    split = open_split(spec, verify=verify)
+    shards, planner = split
     if decode_device is not None:
-        import torch
-
-        if torch.device(decode_device).type != device.type:
-            raise ValueError(f"decode_device={decode_device!r} must be the delivery device ({device})")
+        if torch.device(decode_device).type != torch.device(spec.device).type:
+            raise ValueError(f"decode_device={decode_device!r} must be the delivery device ({spec.device})")
 
         def make(batches, ep):
-            return BytesSource(shards, planner, batches, ep, on_bad=on_bad)
+            return BytesSource(shards, planner, batches, ep, on_bad=spec.on_bad)
 
         gpu = _gpu_decoder(planner, shards, resample, channels_last)
     else:
         def make(batches, ep):
-            return ShardSource(shards, planner, batches, ep, on_bad=on_bad, resample=resample, dct_scale=dct_scale,
-                               channels_last=channels_last)
+            return ShardSource(shards, planner, batches, ep, on_bad=spec.on_bad, resample=resample,
+                               dct_scale=dct_scale, channels_last=channels_last)
 
         gpu = None
-    return TorchLoader(planner, make, workers=workers, device=device, normalize=normalize, epoch=epoch,
-                       prefetch_factor=prefetch_factor, mean=preset.mean, std=preset.std, gpu_decode=gpu,
-                       executor=executor)
+    return TorchLoader(spec, split, make, prefetch_factor=prefetch_factor, gpu_decode=gpu, executor=executor)
