@@ -45,10 +45,14 @@ def decode_jpeg(data, *, out: np.ndarray | None = None, min_size: tuple[int, int
     """Decode JPEG bytes (any buffer) to uint8 RGB ``(H, W, 3)`` with simplejpeg (ValueError if corrupt).
 
     ``out``: decode into this preallocated array (must have the decoded shape). ``min_size``: (h, w) lower
-    bound for a DCT-domain downscale (1/2, 1/4, 1/8); ``None`` decodes at full size.
+    bound for a DCT-domain downscale (1/2, 1/4, 1/8); ``None`` decodes at full size. The bytes must also pass
+    the one JPEG rule's end marker check (:func:`pipelines.jpeg.check_eoi`), as the converter's did.
     """
     import simplejpeg
 
+    from pipelines.jpeg import check_eoi
+
+    check_eoi(data)
     if min_size is None:
         return simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True, buffer=out)
     return simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True, min_height=int(min_size[0]),
@@ -164,3 +168,150 @@ def _resize_into(x, out) -> bool:
     except (AttributeError, RuntimeError, TypeError):  # pragma: no cover - other torch builds
         return False
     return True
+
+
+# ----------------------------------------------------------------------------------------------- ROI decode
+# Decode only the source pixels a plan's resampling reads (nvImageCodec's CPU backend, libjpeg-turbo's
+# crop + skip), into the full-frame array at their own place: the executor then runs unchanged, so its output is
+# bit-identical to a full decode (pixels outside the region are never read). See README "ROI decode".
+
+# Cost of a region decode relative to a full one (simplejpeg), fitted on 320x240 q90 frames (README "ROI
+# decode"): libjpeg-turbo stops after the region's last row, but still entropy-decodes every row above it and
+# every column, which is most of the work; the IDCT and colour conversion are skipped outside the region.
+ROI_COST = (0.25, 0.85, -0.35, -0.2)  # constant, * y1/H, * y0/H, * (1 - w/W)
+ROI_MAX_COST = 0.9  # decode a region only where it is predicted to save at least 10 %
+ROI_MARGIN = 1  # source pixels added on each side: float rounding of the filter bounds, libjpeg's crop edges
+
+
+def resize_support(in_size: int, out_size: int, lo: int, hi: int) -> tuple[int, int]:
+    """Input index range ``[a, b)`` that outputs ``[lo, hi)`` of a bilinear (antialiased) resize read.
+
+    The filter bounds of PIL's ``ImagingResample`` and of torch's ``_upsample_bilinear2d_aa`` (one formula):
+    ``scale = in / out``, ``support = max(scale, 1)``, output ``i`` reads ``[int(c - support + 0.5),
+    int(c + support + 0.5))`` with ``c = (i + 0.5) * scale``, clipped to the input. E.g. 240 -> 256 (upsampling),
+    outputs [16, 240): inputs [14, 226)."""
+    scale = in_size / out_size
+    support = max(scale, 1.0)
+    a = max(int((lo + 0.5) * scale - support + 0.5), 0)
+    b = min(int((hi - 0.5) * scale + support + 0.5), in_size)
+    return a, b
+
+
+def read_region(plan: ClipPlan, height: int, width: int, *, fused: bool | str = "auto",
+                margin: int = ROI_MARGIN) -> tuple[int, int, int, int]:
+    """The source pixels ``(x0, y0, x1, y1)`` of a ``height x width`` decoded frame that :func:`run_plan_torch`
+    (``fused`` as there) or :func:`run_plan_pil` reads for ``plan``, widened by ``margin`` and clipped.
+
+    Fused: the :func:`fused_window` slice. No pre-resize: the crop slice. A pre-resize: the filter support of the
+    crop's rows and columns (:func:`resize_support`) -- the later crop and resize read only that crop."""
+    if fused == "auto":
+        fused = resamples_twice(plan, height, width)
+    if fused:
+        x, y, w, h = fused_window(plan, height, width)
+        x0, x1, y0, y1 = x, x + w, y, y + h
+    else:
+        x, y, w, h = plan.crop
+        rh, rw = plan.resize
+        if (height, width) == (rh, rw):
+            x0, x1, y0, y1 = x, x + w, y, y + h
+        else:
+            x0, x1 = resize_support(width, rw, x, x + w)
+            y0, y1 = resize_support(height, rh, y, y + h)
+    m = int(margin)
+    return max(0, x0 - m), max(0, y0 - m), min(width, x1 + m), min(height, y1 + m)
+
+
+def roi_cost(region: tuple[int, int, int, int], height: int, width: int) -> float:
+    """Predicted time of decoding ``region`` = ``(x0, y0, x1, y1)`` of a ``height x width`` JPEG relative to a
+    full decode (:data:`ROI_COST`). E.g. 320x240, the top half: 0.25 + 0.85 * 0.5 = 0.675."""
+    x0, y0, x1, y1 = region
+    c0, c_end, c_skip, c_cols = ROI_COST
+    return c0 + c_end * y1 / height + c_skip * y0 / height + c_cols * (1 - (x1 - x0) / width)
+
+
+def clip_region(plans, height: int, width: int, *, fused: bool | str = "auto",
+                max_cost: float | None = None) -> tuple[int, int, int, int] | None:
+    """The union of :func:`read_region` over the views ``plans`` of one clip, or None when decoding it is not
+    predicted to be cheaper than a full decode by enough (:func:`roi_cost` above ``max_cost``, default
+    :data:`ROI_MAX_COST`)."""
+    rs = [read_region(p, height, width, fused=fused) for p in plans]
+    region = (min(r[0] for r in rs), min(r[1] for r in rs), max(r[2] for r in rs), max(r[3] for r in rs))
+    limit = ROI_MAX_COST if max_cost is None else float(max_cost)
+    if roi_cost(region, height, width) > limit:
+        return None
+    return region
+
+
+class RoiDecoder:
+    """nvImageCodec's CPU-only JPEG decoder (libjpeg-turbo, one thread, no GPU needed) for regions of interest.
+
+    Not thread-safe (measured: one decoder shared by two threads fails): use :func:`roi_decoder`, one per thread.
+    The region's pixels equal simplejpeg's full decode cropped (same libjpeg-turbo ISLOW IDCT and fancy
+    upsampling; tested)."""
+
+    def __init__(self):
+        import nvidia.nvimgcodec as nvimgcodec  # optional (installed with DALI); ImportError when absent
+
+        self._nv = nvimgcodec
+        self._dec = nvimgcodec.Decoder(device_id=nvimgcodec.NVIMGCODEC_DEVICE_CPU_ONLY, max_num_cpu_threads=1,
+                                       backends=[nvimgcodec.Backend(nvimgcodec.CPU_ONLY)])
+        self._img = None  # reused output buffer (no allocation and page faults per frame)
+
+    def decode_into(self, data, region: tuple[int, int, int, int], out: np.ndarray) -> bool:
+        """Decode ``region`` = ``(x0, y0, x1, y1)`` of JPEG ``data`` into ``out[y0:y1, x0:x1]`` (``out`` is the
+        whole ``(H, W, 3)`` frame). False -- nothing written for sure -- when the stream is not a complete
+        ``H x W`` JPEG this decoder reads; the caller then decodes in full, which names the problem."""
+        from pipelines.jpeg import check_eoi
+
+        nv = self._nv
+        x0, y0, x1, y1 = region
+        try:
+            check_eoi(data)  # a truncated tail can lie outside the region: reject it as the full decode does
+            cs = nv.CodeStream(data if isinstance(data, (bytes, bytearray)) else memoryview(data))
+            if (cs.height, cs.width) != out.shape[:2] or cs.num_channels != 3:
+                return False
+            img = self._dec.decode(cs.get_sub_code_stream(region=nv.Region(y0, x0, y1, x1)), image=self._img)
+        except (ValueError, RuntimeError):
+            return False
+        if img is None:
+            return False
+        self._img = img
+        out[y0:y1, x0:x1] = np.asarray(img)
+        return True
+
+
+_LOCAL = None
+
+
+def roi_decoder() -> RoiDecoder | None:
+    """This thread's :class:`RoiDecoder` (made on first use, again after a fork), or None without nvImageCodec."""
+    import os
+    import threading
+
+    global _LOCAL
+    if _LOCAL is None:
+        _LOCAL = threading.local()
+    got = getattr(_LOCAL, "dec", None)
+    if got is None or got[0] != os.getpid():
+        try:
+            got = (os.getpid(), RoiDecoder())
+        except (ImportError, OSError, RuntimeError):
+            got = (os.getpid(), None)
+        _LOCAL.dec = got
+    return got[1]
+
+
+def decode_clip_roi(bufs, plans, out: np.ndarray, *, fused: bool | str = "auto",
+                    max_cost: float | None = None) -> list[int] | None:
+    """Decode the region of the JPEGs ``bufs`` (one clip) that ``plans`` read into ``out[u]`` (``(n, H, W, 3)``,
+    the frames' full size). Returns the indices ``u`` the ROI decoder rejected (not a complete ``H x W`` JPEG
+    it reads; the caller decodes those in full, which names the problem), or None -- nothing done -- when ROI
+    decode does not apply (no saving predicted: :func:`clip_region`; no nvImageCodec)."""
+    h, w = out.shape[1:3]
+    region = clip_region(plans, h, w, fused=fused, max_cost=max_cost)
+    if region is None:
+        return None
+    dec = roi_decoder()
+    if dec is None:
+        return None
+    return [u for u, buf in enumerate(bufs) if not dec.decode_into(buf, region, out[u])]

@@ -1,4 +1,5 @@
-"""Random access to converted shards (DESIGN.md "Shard format"): memory-mapped Arrow IPC, O(1) per clip.
+"""Reading converted shards (the format: :mod:`pipelines.format`, docs/DESIGN.md): memory-mapped Arrow IPC,
+O(1) per clip, plus the whole-dataset check :func:`verify` and the sequential scan :func:`iter_clips`.
 
 :class:`ShardDataset` opens ``OUT/manifest.json``, checks each shard of the split cheaply (the file exists and
 its size equals the manifest's ``bytes``; the Arrow schema and row count match), and maps clip ``i`` (the
@@ -15,13 +16,16 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from typing import Iterable
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
 
 from pipelines import format as fmt
 from pipelines import storage
 from pipelines.errors import ShardError
+from pipelines.jpeg import JpegChecker
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +191,7 @@ class ShardDataset:
     def frames(self, i: int, indices) -> list[np.ndarray]:
         """JPEG bytes of frames ``indices`` of clip ``i`` as zero-copy ``uint8`` views into the memory map."""
         rb, r = self._row(i)
-        col = rb.column(3)  # "frames"
+        col = rb.column("frames")
         lo = np.frombuffer(col.buffers()[1], dtype=np.int32, count=2, offset=4 * (col.offset + r))
         values = col.values
         a, z = int(lo[0]), int(lo[1])
@@ -202,3 +206,119 @@ class ShardDataset:
                 raise IndexError(f"frame {j} out of range for clip {i} with {n} frames")
             out.append(buf[int(vo[j]):int(vo[j + 1])])
         return out
+
+
+# ------------------------------------------------------------------ whole-dataset checks and scans
+def _frame_views(frames: pa.ListArray):
+    """(list offsets, value offsets, values buffer as uint8 array) of a list<binary> array (no copies)."""
+    values = frames.values
+    lo = np.frombuffer(frames.buffers()[1], dtype=np.int32)[frames.offset:frames.offset + len(frames) + 1]
+    vo = np.frombuffer(values.buffers()[1], dtype=np.int32)[values.offset:values.offset + len(values) + 1]
+    data = values.buffers()[2]
+    buf = np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, np.uint8)
+    return lo, vo, buf
+
+
+def verify(out, *, decode: bool = False, progress: bool = False) -> None:
+    """Check a converted dataset; raise ShardError naming the first problem.
+
+    Checks the manifest's structure; every shard's size and sha256 against the manifest; the Arrow schema,
+    row counts, clip/frame totals per split, unique keys, labels in range; and that every frame is a complete
+    JPEG whose header size equals the row's height/width. ``decode=True`` also fully decodes every frame
+    (simplejpeg).
+    """
+    from tqdm import tqdm
+
+    fs, root, m = storage.read_manifest(out)
+    n_classes = len(m["classes"])
+    decoder = None
+    if decode:
+        import simplejpeg
+        decoder = simplejpeg.decode_jpeg
+    check = JpegChecker()
+    shards = [(split, sh) for split, s in m["splits"].items() for sh in s["shards"]]
+    bar = tqdm(shards, desc="verify", unit="shard", disable=not progress)
+    totals: dict[str, list[int]] = {}
+    for split, sh in bar:
+        rel = fmt.safe_relpath(sh["path"])
+        path = storage.join(root, rel)
+        if isinstance(fs, pafs.LocalFileSystem):
+            fmt.check_inside(root, path, where=storage.join(root, fmt.MANIFEST_NAME))
+        info = fs.get_file_info(path)
+        if info.type != pafs.FileType.File:
+            raise ShardError(f"{path}: shard listed in the manifest is missing (re-run the conversion)")
+        if info.size != sh["bytes"]:
+            raise ShardError(f"{path}: size {info.size} bytes, the manifest says {sh['bytes']}")
+        digest, _ = storage.sha256_file(fs, path)
+        if digest != sh["sha256"]:
+            raise ShardError(f"{path}: sha256 {digest} does not match the manifest ({sh['sha256']}); "
+                             "the file is corrupt or was replaced -- re-run the conversion")
+        with fs.open_input_file(path) as f:
+            try:
+                reader = pa.ipc.open_file(f)
+                if not reader.schema.equals(fmt.SCHEMA):
+                    raise ShardError(f"{path}: schema {reader.schema} differs from the shard format")
+                batches = [reader.get_batch(i) for i in range(reader.num_record_batches)]
+            except pa.ArrowException as e:
+                raise ShardError(f"{path}: not a readable Arrow IPC file ({e})") from None
+        rows = sum(b.num_rows for b in batches)
+        if rows != sh["clips"]:
+            raise ShardError(f"{path}: holds {rows} clips, the manifest says {sh['clips']}")
+        t = totals.setdefault(split, [0, 0])
+        t[0] += rows
+        keys_seen = totals.setdefault(f"keys:{split}", set())  # type: ignore[arg-type]
+        for bi, b in enumerate(batches):
+            if bi < len(batches) - 1 and b.num_rows != fmt.ROWS_PER_BATCH:
+                raise ShardError(f"{path}: batch {bi} has {b.num_rows} rows, expected {fmt.ROWS_PER_BATCH}")
+            keys = b.column("key").to_pylist()
+            labels = b.column("label").to_numpy()
+            counts = b.column("num_frames").to_numpy()
+            heights = b.column("height").to_numpy()
+            widths = b.column("width").to_numpy()
+            lo, vo, arr = _frame_views(b.column("frames"))
+            buf = memoryview(arr)
+            for r in range(b.num_rows):
+                key = keys[r]
+                where = f"{path}: clip {key!r}"
+                if key in keys_seen:
+                    raise ShardError(f"{where} appears twice in split {split!r}")
+                keys_seen.add(key)
+                if not -1 <= labels[r] < n_classes:
+                    raise ShardError(f"{where} has label {labels[r]} outside -1..{n_classes - 1}")
+                a, z = lo[r], lo[r + 1]
+                if z - a != counts[r] or counts[r] < 1:
+                    raise ShardError(f"{where} has {z - a} frames but num_frames is {counts[r]}")
+                t[1] += int(counts[r])
+                for j in range(a, z):
+                    fb = buf[vo[j]:vo[j + 1]]
+                    try:
+                        hw = check(fb)
+                    except ValueError as e:
+                        raise ShardError(f"{where} frame {j - a}: {e}") from None
+                    if hw != (heights[r], widths[r]):
+                        raise ShardError(f"{where} frame {j - a}: JPEG header says {hw[1]}x{hw[0]}, "
+                                         f"the row says {widths[r]}x{heights[r]}")
+                    if decoder is not None:
+                        try:
+                            img = decoder(bytes(fb))
+                        except (ValueError, RuntimeError) as e:
+                            raise ShardError(f"{where} frame {j - a}: does not decode ({e})") from None
+                        if img.shape[:2] != hw:
+                            raise ShardError(f"{where} frame {j - a}: decodes to {img.shape}, header {hw}")
+    for split, s in m["splits"].items():
+        clips, frames = totals.get(split, [0, 0])
+        if clips != s["clips"] or frames != s["frames"]:
+            raise ShardError(f"{storage.join(root, fmt.MANIFEST_NAME)}: split {split!r} holds {clips} clips/{frames} "
+                             f"frames, the manifest says {s['clips']}/{s['frames']}")
+
+
+def iter_clips(out, split: str) -> Iterable[dict]:
+    """Yield ``{"key", "label", "frames": [bytes], "height", "width"}`` of every clip of ``split`` (tests, tools)."""
+    fs, root, m = storage.read_manifest(out)
+    for sh in m["splits"][split]["shards"]:
+        with fs.open_input_file(storage.join(root, fmt.safe_relpath(sh["path"]))) as f:
+            table = pa.ipc.open_file(f).read_all()
+        for row in table.to_pylist():
+            yield row
+
+

@@ -14,6 +14,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import rawtrees
+from pipelines import reader
+from pipelines import jpeg
 from pipelines import format as fmt
 from pipelines import shards as sh
 from pipelines import storage
@@ -29,14 +31,14 @@ def _jpeg(w=40, h=30, **save):
 
 @pytest.mark.parametrize("save", [{}, {"progressive": True}, {"quality": 30, "optimize": True}])
 def test_jpeg_size_reads_sof(save):
-    assert sh.jpeg_size(_jpeg(40, 30, **save)) == (30, 40)
-    assert sh.jpeg_size(np.frombuffer(_jpeg(17, 5, **save), np.uint8)) == (5, 17)
-    assert sh.jpeg_size(np.frombuffer(_jpeg(320, 260, **save), np.uint8)) == (260, 320)
-    check = sh.JpegChecker()
+    assert jpeg.jpeg_size(_jpeg(40, 30, **save)) == (30, 40)
+    assert jpeg.jpeg_size(np.frombuffer(_jpeg(17, 5, **save), np.uint8)) == (5, 17)
+    assert jpeg.jpeg_size(np.frombuffer(_jpeg(320, 260, **save), np.uint8)) == (260, 320)
+    check = jpeg.JpegChecker()
     assert [check(_jpeg(w, 30, **save)) for w in (40, 40, 300, 40)] == [(30, 40), (30, 40), (30, 300), (30, 40)]
     with pytest.raises(ValueError, match="truncated"):
         check(_jpeg(40, 30, **save)[:-20])
-    assert sh.jpeg_size(_jpeg(40, 30, **save) + b"\0\0\0") == (30, 40)  # zero padding after EOI is tolerated
+    assert jpeg.jpeg_size(_jpeg(40, 30, **save) + b"\0\0\0") == (30, 40)  # zero padding after EOI is tolerated
 
 
 def test_jpeg_size_rejects_bad_bytes():
@@ -46,7 +48,7 @@ def test_jpeg_size_rejects_bad_bytes():
     for data, msg in [(b"", "zero-byte"), (good[: len(good) // 2], "truncated"), (png.getvalue(), "not a JPEG"),
                       (b"hello world", "not a JPEG"), (b"\xff\xd8\xff\xd9", "no frame header")]:
         with pytest.raises(ValueError, match=msg):
-            sh.jpeg_size(data)
+            jpeg.jpeg_size(data)
 
 
 @settings(max_examples=200, deadline=None)
@@ -54,7 +56,7 @@ def test_jpeg_size_rejects_bad_bytes():
 def test_jpeg_size_fuzz_only_value_errors(tail, cut):
     for data in (tail, _jpeg()[:cut] + tail, b"\xff\xd8" + tail + b"\xff\xd9"):
         try:
-            h, w = sh.jpeg_size(data)
+            h, w = jpeg.jpeg_size(data)
             assert h > 0 and w > 0
         except ValueError:
             pass
@@ -96,13 +98,13 @@ def test_write_shard_roundtrip_and_hash(tmp_path):
     data = path.read_bytes()
     assert entry == {"clips": 300, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     assert os.listdir(out / "train") == ["shard-00000.arrow"]  # no temp file left
-    reader = pa.ipc.open_file(pa.memory_map(str(path)))
-    assert reader.schema.equals(fmt.SCHEMA)
-    assert [reader.get_batch(i).num_rows for i in range(reader.num_record_batches)] == [256, 44]
-    rows = {r["key"]: r for r in sh.iter_clips(out, "train")}
+    ipc = pa.ipc.open_file(pa.memory_map(str(path)))
+    assert ipc.schema.equals(fmt.SCHEMA)
+    assert [ipc.get_batch(i).num_rows for i in range(ipc.num_record_batches)] == [256, 44]
+    rows = {r["key"]: r for r in reader.iter_clips(out, "train")}
     assert all(rows[k]["frames"] == v and rows[k]["num_frames"] == 2 for k, v in frames.items())
-    sh.verify(out)
-    sh.verify(f"file://{out}", decode=True)
+    reader.verify(out)
+    reader.verify(f"file://{out}", decode=True)
 
 
 def test_write_shard_failure_leaves_nothing(tmp_path):
@@ -128,16 +130,16 @@ def test_verify_finds_problems(tmp_path):
     shard = out / "train" / "shard-00000.arrow"
     _corrupt(shard, len(shard.read_bytes()) // 2)
     with pytest.raises(ShardError, match="sha256 .* does not match"):
-        sh.verify(out)
+        reader.verify(out)
     shard.unlink()
     with pytest.raises(ShardError, match="missing"):
-        sh.verify(out)
+        reader.verify(out)
     (out / "manifest.json").write_text("{not json")
     with pytest.raises(ShardError, match="not valid JSON"):
-        sh.verify(out)
+        reader.verify(out)
     (out / "manifest.json").unlink()
     with pytest.raises(ShardError, match="manifest not found"):
-        sh.verify(out)
+        reader.verify(out)
 
 
 def test_verify_checks_jpeg_headers_even_when_hash_matches(tmp_path):
@@ -155,7 +157,7 @@ def test_verify_checks_jpeg_headers_even_when_hash_matches(tmp_path):
              "skipped": []}
         (tmp_path / name / "manifest.json").write_text(json.dumps(m))
         with pytest.raises(ShardError, match=msg):
-            sh.verify(out)
+            reader.verify(out)
 
 
 def test_resolve_local_and_uri(tmp_path):

@@ -172,13 +172,11 @@ def jpeg_size(buf):
 
 @njit(nogil=True, cache=False)
 def has_eoi(buf):
-    """The stream ends with (or, within its last 1 KiB, contains) the EOI marker: not truncated."""
-    n = buf.shape[0]
-    lo = n - 1024 if n > 1024 else 0
-    for i in range(n - 2, lo - 1, -1):
-        if buf[i] == 0xFF and buf[i + 1] == 0xD9:
-            return True
-    return False
+    """The one JPEG rule's end (:func:`pipelines.jpeg.check_eoi`): EOI last, trailing zero padding tolerated."""
+    e = buf.shape[0]
+    while e > 4 and buf[e - 1] == 0:
+        e -= 1
+    return e >= 4 and buf[e - 2] == 0xFF and buf[e - 1] == 0xD9
 
 
 @njit(nogil=True, cache=False)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines import shards as sh
+from pipelines import reader
 from pipelines.errors import DataError, ShardError
 from pipelines.reader import ShardDataset
 
@@ -53,7 +53,7 @@ def _check(root: Path) -> str:
     else:
         where = "verify"
     with pytest.raises(ShardError):
-        sh.verify(root)
+        reader.verify(root)
     return where
 
 
@@ -129,7 +129,7 @@ def test_manifest_mutations(clean, tmp_path, scale, record):
         (root / "manifest.json").write_bytes(bytes(b))
         try:
             _read_all(root)
-            sh.verify(root)
+            reader.verify(root)
         except DataError:
             stats["error"] += 1
         else:

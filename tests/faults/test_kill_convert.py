@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines import shards as sh
+from pipelines import reader
 
 pytestmark = pytest.mark.faults
 
@@ -87,7 +87,7 @@ def test_kill9_at_seeded_points_then_rerun_is_byte_identical(setup, scale, recor
         leftovers = [f.name for d in (out, *(out / s for s in ("train", "val", "test"))) if d.is_dir()
                      for f in d.iterdir() if ".tmp-" in f.name]
         assert not leftovers, (k, leftovers)
-        sh.verify(out)
+        reader.verify(out)
     record(f"kill -9 during conversion (seeded points among {setup['events']} write-path events), then rerun",
            len(points), f"{len(points)}/{len(points)} reruns byte-identical to a clean run ({len(shas)} shards + "
            f"manifest); {kept_total} finished shards kept, not rewritten; no temp files left", area="convert")

@@ -25,9 +25,9 @@ import torch
 import train as T
 from action import build_model, load_checkpoint
 from action.errors import CheckpointError
-from pipelines import shards as sh
+from pipelines import reader
 from pipelines.convert import convert_dataset
-from pipelines.errors import AnnotationError, DataError, FrameError, ShardError
+from pipelines.errors import AnnotationError, FrameError, ShardError
 from pipelines.reader import ShardDataset
 
 pytestmark = pytest.mark.faults
@@ -140,7 +140,7 @@ def test_manifest_shard_paths_cannot_escape(shards, tmp_path, record):
         shutil.copytree(shards, root)
         shutil.copy(next((shards / "train").glob("*.arrow")), tmp_path / "stolen.arrow")
         _edit_manifest(root, bad)
-        for check in (lambda: ShardDataset(root, "train"), lambda: sh.verify(root)):
+        for check in (lambda: ShardDataset(root, "train"), lambda: reader.verify(root)):
             with pytest.raises(ShardError, match="relative|escapes|non-empty"):
                 check()
         n += 1
@@ -157,7 +157,7 @@ def test_manifest_shard_paths_cannot_escape(shards, tmp_path, record):
         else:
             shutil.move(str(root / "train"), ext / "train")
             (root / "train").symlink_to(ext / "train", target_is_directory=True)
-        for check in (lambda: ShardDataset(root, "train"), lambda: sh.verify(root)):
+        for check in (lambda: ShardDataset(root, "train"), lambda: reader.verify(root)):
             with pytest.raises(ShardError, match="outside the dataset root"):
                 check()
         n += 1
