@@ -71,12 +71,8 @@ class TSN(nn.Module):
     """Temporal Segment Network: (B, T, 3, H, W) → backbone per frame → Dropout → ``new_fc`` → mean over T.
 
     Attributes mirror the official wrapper where the trainer needs them: ``num_segments``, ``arch``,
-    ``temporal``, ``input_mean``/``input_std`` (ImageNet), ``input_size`` (224).
+    ``temporal`` (normalisation belongs to the data side's preset, not to the model).
     """
-
-    input_mean = (0.485, 0.456, 0.406)
-    input_std = (0.229, 0.224, 0.225)
-    input_size = 224
 
     def __init__(self, base_model: nn.Module, feature_dim: int, num_classes: int, num_segments: int,
                  arch: str, temporal: str, dropout: float) -> None:

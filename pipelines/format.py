@@ -1,4 +1,4 @@
-"""The shard-format contract (DESIGN.md "Shard format"): readable with pyarrow alone.
+"""The shard-format contract (docs/DESIGN.md "Shard format"): readable with pyarrow alone.
 
 Layout::
 

@@ -1,4 +1,4 @@
-"""Crop/flip geometry and the per-clip plan (DESIGN.md "Augmentation").
+"""Crop/flip geometry and the per-clip plan (docs/DESIGN.md "Augmentation").
 
 Pure functions, no I/O. Windows are ``(x, y, w, h)`` integer tuples in the coordinates of the (pre-resized)
 frame; sizes are ``(height, width)`` unless a name says otherwise.

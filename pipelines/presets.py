@@ -1,4 +1,4 @@
-"""Per-dataset data presets (DESIGN.md "Augmentation"): pre-resize rule, train/eval geometry, flip, mean/std.
+"""Per-dataset data presets (docs/DESIGN.md "Augmentation"): pre-resize rule, train/eval geometry, flip, mean/std.
 
 A :class:`Preset` is data, not code: :func:`pipelines.geometry.make_plans` turns it into crop windows.
 

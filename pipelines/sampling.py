@@ -1,4 +1,4 @@
-"""TSN temporal sampling (DESIGN.md "Sampling"): which T of a video's n frames a clip uses.
+"""TSN temporal sampling (docs/DESIGN.md "Sampling"): which T of a video's n frames a clip uses.
 
 Pure functions: integers (and a ``numpy.random.Generator`` where the rule is random) in, an int64 array of
 frame indices (0-based, into the video's stored frame list, in temporal order) out. No I/O.

@@ -1,4 +1,4 @@
-"""Tiny synthetic raw trees in the three official layouts (DESIGN.md "Raw dataset layouts"), built on the fly.
+"""Tiny synthetic raw trees in the three official layouts (docs/DESIGN.md "Raw dataset layouts"), built on the fly.
 
 Every builder writes real JPEGs (PIL, varied content so no two frames are equal) and returns::
 

@@ -1,4 +1,4 @@
-"""Dataset definitions: flip maps (DESIGN.md index pairs) and the raw-layout readers."""
+"""Dataset definitions: flip maps (docs/DESIGN.md index pairs) and the raw-layout readers."""
 from __future__ import annotations
 
 import os

@@ -40,7 +40,7 @@ label-aware flip maps apply (jester 0<->1, 14<->15; egogesture 0<->1, 9<->10; st
 layout always lists the official class names (27 / 83 bundled / 174) so the readers accept it; only the rows
 above are used.
 
-Layouts written (DESIGN.md "Raw dataset layouts"):
+Layouts written (docs/DESIGN.md "Raw dataset layouts"):
 
 \b
   jester      frames/<id>/00001.jpg, jester-v1-labels.csv, jester-v1-{train,validation}.csv ("id;Label"),

@@ -1,7 +1,7 @@
 """Loader backends, looked up by name and imported only when asked for (no backend is imported here).
 
 Each entry names ``module:function``; the function follows the plug-in contract documented in
-:mod:`pipelines.loader` (keyword-only arguments, returns an iterable with ``__len__`` and ``set_epoch``).
+:mod:`pipelines.loader` (``build(spec, **spec.options)`` returns a :class:`pipelines.backends.base.Loader`).
 """
 from __future__ import annotations
 
@@ -13,11 +13,6 @@ BACKENDS = {
     "dali": "pipelines.backends.dali:build_dali_loader",
     "ffcv": "pipelines.backends.ffcv:build_ffcv_loader",
 }
-
-
-def register(name: str, target: str) -> None:
-    """Add or replace backend ``name`` -> ``"module:function"``."""
-    BACKENDS[name] = target
 
 
 def get(name: str):

@@ -1,6 +1,6 @@
 """EgoGesture (83 classes; names bundled in ``egogesture_classes.txt`` since the release ships only numbers).
 
-Layout (DESIGN.md)::
+Layout (docs/DESIGN.md)::
 
     RAW/frames/SubjectXX/SceneN/Color/rgbG/000001.jpg     1-based frame numbers (Depth/ is unused)
     RAW/labels/SubjectXX/SceneN/GroupG.csv                 also spelled groupG.csv
@@ -33,7 +33,7 @@ SUBJECTS = {
     "test": (2, 9, 11, 14, 18, 19, 28, 31, 41, 47),
 }
 FLIP_LABELS = ((0, 1), (9, 10), (13, 14), (58, 59), (64, 65), (70, 71), (76, 77), (80, 81))
-"""0-based label pairs swapped by a horizontal flip (DESIGN.md); ``FLIP_PAIRS`` holds them by name."""
+"""0-based label pairs swapped by a horizontal flip (docs/DESIGN.md); ``FLIP_PAIRS`` holds them by name."""
 
 _SUBJECT = re.compile(r"^Subject(\d+)$")
 _SCENE = re.compile(r"^Scene(\d+)$")

@@ -1,6 +1,6 @@
 """20BN-Jester V1 (27 classes).
 
-Layout (DESIGN.md)::
+Layout (docs/DESIGN.md)::
 
     RAW/jester-v1-labels.csv          one class name per line; label = line index
     RAW/jester-v1-train.csv           "id;Label name"
