@@ -81,19 +81,18 @@ def extract_state_dict(obj: object, path: str | Path = "<memory>") -> dict[str, 
     return out
 
 
-def _check_and_load(module: nn.Module, sd: dict[str, torch.Tensor], path: str | Path, what: str) -> None:
-    own = module.state_dict()
+def _fit_problems(own: dict, sd: dict) -> list[str]:
+    """What keeps state dict ``sd`` from loading into a module whose state dict is ``own`` (empty: it fits)."""
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
     mis_shaped = [f"{k} (file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)})"
                   for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
-    problems = []
-    if missing:
-        problems.append(f"missing keys: {_listing(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys: {_listing(unexpected)}")
-    if mis_shaped:
-        problems.append(f"mis-shaped keys: {_listing(mis_shaped)}")
+    return [f"{what} keys: {_listing(keys)}" for what, keys in
+            (("missing", missing), ("unexpected", unexpected), ("mis-shaped", mis_shaped)) if keys]
+
+
+def _check_and_load(module: nn.Module, sd: dict[str, torch.Tensor], path: str | Path, what: str) -> None:
+    problems = _fit_problems(module.state_dict(), sd)
     if problems:
         raise CheckpointError(f"{path}: does not fit the {what}; " + "; ".join(problems))
     module.load_state_dict(sd, strict=True)
@@ -122,17 +121,7 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path) -> None:
     head = ("fc.", "classifier.")
     sd = {k: v for k, v in sd.items() if not k.startswith(head)}
     own = {k: v for k, v in backbone.state_dict().items() if not k.startswith(head)}
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
-    mis_shaped = [f"{k} (file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)})"
-                  for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
-    problems = []
-    if missing:
-        problems.append(f"missing keys: {_listing(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys: {_listing(unexpected)}")
-    if mis_shaped:
-        problems.append(f"mis-shaped keys: {_listing(mis_shaped)}")
+    problems = _fit_problems(own, sd)
     if problems:
         raise CheckpointError(f"{path}: not ImageNet weights for this backbone; " + "; ".join(problems))
     backbone.load_state_dict(sd, strict=False)
