@@ -177,8 +177,7 @@ def build_pipeline(
     ``frames`` (N, 3, H, W) uint8; and ``position``
     (N,) int64 on the CPU (each frame's tag from the source, to check the batch order).
 
-    Measured on the CPU (DALI 2.4, 2 threads, 64 frames of ~240x220 → 224²): ROI decode ~23 ms, one bilinear
-    antialiased resize ~45-50 ms -- DALI's CPU resize, not the decoder, bounds the CPU fallback.
+    On the CPU, DALI's resize rather than its decoder bounds this graph (``make profile`` measures it).
     """
     dali = import_dali()
     import nvidia.dali.fn as fn  # noqa: PLC0415

@@ -23,10 +23,10 @@ The decoder reads the plan table through its address (a numba intrinsic): FFCV c
 and numba would freeze a captured array at compile time, so per-epoch plans could not reach it otherwise.
 
 Pixels: FFCV's ``imdecode`` uses libjpeg-turbo's fast integer IDCT (``TJFLAG_FASTDCT``), the reference
-(simplejpeg / PIL) the accurate one; the resampling is PIL's, exactly. Measured on the test trees: mean
-|diff| vs the ``torch`` backend well under 1/255 (see ``tests/test_ffcv.py`` for the stated bound).
+(simplejpeg / PIL) the accurate one; the resampling is PIL's, exactly (``tests/test_ffcv.py`` states the bound
+vs the ``torch`` backend).
 
-Pitfalls handled: FFCV is imported lazily (the first import takes ~5 s: numba); FFCV's ``Compiler`` sets
+Pitfalls handled: FFCV is imported lazily (its first import compiles numba code); FFCV's ``Compiler`` sets
 ``torch.set_num_threads(workers)`` as a side effect, undone here; normalisation is done on the host tensor
 is the consumer's (nothing non-jitted sits between jitted stages); numba's thread
 pool can print finalizer noise at interpreter exit, which is harmless.
