@@ -1,61 +1,195 @@
 #!/usr/bin/env bash
-# GPU checks and benchmarks, one short script for a lent GPU host (see README "GPU checks").
+# GPU checks and benchmarks in one run on a lent GPU host, about 8 minutes (README "On a GPU host").
 #
-#   OUT=bench/results/gpu bash bench/gpu_check.sh
+#   bash bench/gpu_check.sh                  # after the staged parts have arrived (tools/stage_gpu_wheels.py)
+#   STEPS=stage bash bench/gpu_check.sh      # only reassemble, verify and install the staged wheels
 #
-# 1. tests/test_cuda.py: pinned/non-blocking delivery bit-identical to CPU delivery, GPU normalisation, the
-#    batched nvJPEG decode path, no stream sync in the loader, a bf16 + channels_last train.py run and its eval.
-# 2. tools/profile_loader.py on the GPU: folder / torch (CPU decode in threads, copy to the GPU) / torch:processes
-#    (CPU decode in DataLoader processes) / torch:nvjpeg (GPU decode)
-#    on a generated 320x240 dataset, train mode, 8 frames, 224 px.
-# 3. train.py: ACTION-ResNet-50, 8 segments, 224 px, bf16: model-bound synthetic rate and the real rate fed by the
-#    torch loader (clips/s, data-wait fraction), side by side in one run.
-# 4. bench/gpu_model.py: model-bound step rate of TSN / TSM / ACTION R50, eager and torch.compile.
-# The host has no package registry: simplejpeg travels as a wheel in .whl/ (carried), DALI does not fit the 64 MiB
-# a call can carry (nvidia-dali-cuda130 2.4.0 is 199 MB plus nvimgcodec/nvcomp), so DALI is not measured here.
+# stage    .gpu-stage/parts: `sha256sum -c` of every part and of the reassembled tar, then
+#          `pip install --no-deps --target .gpu-stage/site` (DALI, nvImageCodec, nvJPEG, simplejpeg, ...) and
+#          that folder on PYTHONPATH; an install already made from the same tar is reused
+# tests    tests/test_cuda.py + tests/test_dali.py's GPU tests (DALI's mixed nvJPEG graph vs the torch backend)
+# profile  tools/profile_loader.py --device cuda: torch, torch:nvjpeg, dali (mixed), dali:once
+# train    ACTION-R50 8x224^2 bf16, real data vs synthetic batches in the same process (--ceiling-steps), fed by
+#          torch:nvjpeg (--decode-on device) and by dali
+# model    bench/gpu_model.py: TSN / TSM / ACTION's torch path and its fused kernels (action@FUSED, when
+#          gpu_model.py offers it), interleaved in one process (MODEL_VARIANTS=... to choose, e.g. +compile)
+# ddp      train.py under torchrun with 2 processes, when the host has 2 GPUs (NCCL wants one GPU per rank)
+# Each step runs under `timeout`, inside BUDGET_S seconds for the whole script. Results go to RESULTS
+# (bench/results/gpu); under the device tool (OUT set) to a fresh folder, packed into $OUT/gpu_check.tgz after
+# every step, so a run cut short still brings back what it measured. Exit status 1 if a step failed.
 set -u
-OUT=${OUT:-bench/results/gpu}
+PY=${PY:-python3}
+STAGE=${STAGE:-.gpu-stage}
+STEPS=${STEPS:-stage,tests,profile,train,model,ddp}
+BUDGET_S=${BUDGET_S:-480}
 WORKERS=${WORKERS:-12}
 CLIPS=${CLIPS:-480}
-STEPS=${STEPS:-tests,profile,train,model}   # a subset, e.g. STEPS=tests,train
-mkdir -p "$OUT"
+FUSED=${FUSED:-triton}   # the fused ACTION implementation's name in bench/gpu_model.py's variants (action@FUSED)
+if [ -n "${OUT:-}" ]; then RESULTS=${RESULTS:-/tmp/gpu-check-results}; rm -rf "$RESULTS"; fi
+RESULTS=${RESULTS:-bench/results/gpu}
+mkdir -p "$RESULTS"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH="/tmp/site:$PYTHONPATH" || exit 1
-fi
-{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-  python3 -c "import torch, torchvision, simplejpeg, pyarrow, os; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'simplejpeg', simplejpeg.__version__, 'pyarrow', pyarrow.__version__, 'cpus', os.cpu_count())"
-} 2>&1 | tee "$OUT/gpu_env.txt"
+T_END=$((SECONDS + BUDGET_S))
+FAILED=""
+GEN=/tmp/gpu-gen
 
 want() { case ",$STEPS," in *,$1,*) return 0;; *) return 1;; esac; }
-GEN=/tmp/gpu-gen
+pack() {  # what has been measured so far, as the one file the device tool brings back
+  [ -n "${OUT:-}" ] || return 0
+  tar -czf "$OUT/.gpu_check.tgz" -C "$RESULTS" . && mv "$OUT/.gpu_check.tgz" "$OUT/gpu_check.tgz"
+}
+box() {  # box CAP CMD...: CMD under a timeout of CAP seconds, or of what is left of the budget if less
+  local cap=$1 left=$((T_END - SECONDS - 10)); shift
+  if [ "$left" -lt 20 ]; then echo "skipped, the ${BUDGET_S} s budget is spent: $*"; return 124; fi
+  [ "$cap" -gt "$left" ] && cap=$left
+  timeout --kill-after=10 "$cap" "$@"
+}
+step() {  # step NAME RC T0: record a step's outcome
+  echo "$1 rc=$2 ${3}s" >> "$RESULTS/summary.txt"
+  [ "$2" = 0 ] || FAILED="$FAILED $1"
+  pack
+}
+
+stage() {
+  local parts=$STAGE/parts site=$STAGE/site
+  if [ ! -f "$parts/SHA256SUMS" ] || [ ! -f "$parts/BUNDLE.sha256" ]; then
+    echo "stage: no $parts/SHA256SUMS or BUNDLE.sha256: nothing staged (run tools/stage_gpu_wheels.py here and" \
+         "carry its parts, one per call; README 'On a GPU host'); DALI and simplejpeg are not installed"
+    return 1
+  fi
+  local want_py have_py bundle
+  want_py=$($PY -c "import json,sys; print(json.load(open(sys.argv[1]))['python'])" "$parts/manifest.json" 2>/dev/null)
+  have_py=$($PY -c "import sys; print('%d.%d' % sys.version_info[:2])")
+  if [ -n "$want_py" ] && [ "$want_py" != "$have_py" ]; then
+    echo "stage: the wheels in $parts were staged for CPython $want_py, this host runs $have_py:" \
+         "stage again with tools/stage_gpu_wheels.py --python $have_py"
+    return 1
+  fi
+  bundle=$(cut -d' ' -f1 "$parts/BUNDLE.sha256")
+  if [ "$(cat "$site/.bundle" 2>/dev/null)" = "$bundle" ]; then
+    echo "stage: $site already holds the wheels of tar $bundle"
+  else
+    if ! (cd "$parts" && sha256sum --quiet -c SHA256SUMS); then
+      echo "stage: the parts named above are missing or corrupt (checked against $parts/SHA256SUMS):" \
+           "carry them again, one per call, while the machine is warm"
+      return 1
+    fi
+    (cd "$parts" && cat $(cut -d' ' -f3 SHA256SUMS)) > "$STAGE/wheels.tar" || return 1
+    if ! (cd "$STAGE" && sha256sum --quiet -c parts/BUNDLE.sha256); then
+      echo "stage: $STAGE/wheels.tar (the parts joined in SHA256SUMS order) does not match $parts/BUNDLE.sha256:" \
+           "the parts come from different staging runs; stage once and carry all of its parts"
+      rm -f "$STAGE/wheels.tar"
+      return 1
+    fi
+    rm -rf "$STAGE/wheels" "$site" && mkdir -p "$STAGE/wheels" && tar -xf "$STAGE/wheels.tar" -C "$STAGE/wheels" \
+      && rm -f "$STAGE/wheels.tar" || return 1
+    if ! $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --disable-pip-version-check \
+         --target "$site" "$STAGE"/wheels/*.whl; then
+      echo "stage: pip install --target $site of the staged wheels failed (output above)"
+      return 1
+    fi
+    echo "$bundle" > "$site/.bundle"
+    echo "stage: installed $(ls "$STAGE"/wheels/*.whl | wc -l) wheels into $site"
+  fi
+  export PYTHONPATH="$PYTHONPATH:$(cd "$site" && pwd)"
+}
+
+if want stage; then
+  echo "== stage: reassemble, verify and install the staged wheels"
+  t0=$SECONDS; stage 2>&1 | tee "$RESULTS/stage.log"; rc=${PIPESTATUS[0]}
+  # the export above ran in the pipeline's subshell: repeat it here when the install is in place
+  [ "$rc" = 0 ] && export PYTHONPATH="$PYTHONPATH:$(cd "$STAGE/site" && pwd)"
+  step stage "$rc" $((SECONDS - t0))
+fi
+case ",$STEPS," in ,stage,) [ -z "$FAILED" ]; exit $?;; esac
+
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  $PY -c "import os, pyarrow, torch, torchvision
+print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'pyarrow', pyarrow.__version__)
+print('cpus', os.cpu_count(), 'gpus', torch.cuda.device_count())"
+  $PY -c "import simplejpeg; print('simplejpeg', simplejpeg.__version__)"
+  $PY -c "import nvidia.dali as d; print('dali', d.__version__, d.__file__)"
+} 2>&1 | tee "$RESULTS/gpu_env.txt"
+HAVE_DALI=0; grep -q '^dali ' "$RESULTS/gpu_env.txt" && HAVE_DALI=1
+NGPU=$(sed -n 's/^cpus .* gpus \([0-9]*\)$/\1/p' "$RESULTS/gpu_env.txt"); NGPU=${NGPU:-0}
+pack
+
 if want tests; then
-echo "== 1. CUDA tests"
-timeout 180 python3 -m pytest -q -s -p no:cacheprovider tests/test_cuda.py 2>&1 | tee "$OUT/pytest_cuda.log"
+  echo "== tests: tests/test_cuda.py + the DALI GPU tests"
+  t0=$SECONDS
+  box 150 $PY -m pytest -q -s -p no:cacheprovider -rs tests/test_cuda.py \
+    tests/test_dali.py::test_dali_gpu_matches_the_torch_backend \
+    tests/test_dali.py::test_device_is_decided_before_building 2>&1 | tee "$RESULTS/pytest_gpu.log"
+  step tests "${PIPESTATUS[0]}" $((SECONDS - t0))
 fi
 
-if want profile || want train; then
-echo "== 2. loader profile on the GPU"
-# train alone: only generate the dataset (a one-backend profile), keep its outputs out of $OUT
-if want profile; then BACKENDS=folder,torch,torch:processes,torch:nvjpeg PD=$OUT; else BACKENDS=torch PD=/tmp/prof; fi
-mkdir -p "$PD"
-timeout 180 python3 tools/profile_loader.py --generate "$GEN" --clips "$CLIPS" --frames 24 \
-  --backends "$BACKENDS" --device cuda --workers "$WORKERS" --batch-size 32 --batches 20 --warmup 3 \
-  --rounds 2 --json "$PD/profile_loader_gpu.json" --plot "$PD/profile_loader_gpu.png" 2>&1 | tee "$PD/profile.log"
+if want profile || want train || want ddp; then
+  echo "== profile: loaders on the GPU (B=32, T=8, 224 px from 320x240, train mode)"
+  # without the profile step: generate the dataset only (one short torch profile, outputs kept out of RESULTS)
+  if want profile; then BACKENDS=torch,torch:nvjpeg; PD=$RESULTS; else BACKENDS=torch; PD=/tmp/gpu-prof; fi
+  [ "$HAVE_DALI" = 1 ] && want profile && BACKENDS="$BACKENDS,dali,dali:once"
+  mkdir -p "$PD"; t0=$SECONDS
+  profile() {  # profile BACKENDS CAP LOG
+    box "$2" $PY tools/profile_loader.py --generate "$GEN" --clips "$CLIPS" --frames 24 --backends "$1" \
+      --device cuda --workers "$WORKERS" --batch-size 32 --batches 20 --warmup 3 --rounds 2 \
+      --json "$PD/profile_loader_gpu.json" --plot "$PD/profile_loader_gpu.png" 2>&1 | tee "$3"
+    return "${PIPESTATUS[0]}"
+  }
+  profile "$BACKENDS" 150 "$PD/profile.log"; rc=$?
+  if [ "$rc" != 0 ] && [ "$BACKENDS" != "${BACKENDS%,dali*}" ]; then
+    # profile_loader stops at an error DALI raises: measure the torch rows again without it
+    echo "profile: failed with DALI in it (profile.log); again without dali"
+    profile "${BACKENDS%,dali*}" 90 "$PD/profile_without_dali.log"
+  fi
+  want profile && step profile "$rc" $((SECONDS - t0))
 fi
 
+train_rate() {  # train_rate NAME CAP [train.py options]: real vs synthetic step rate of ACTION-R50 in one run
+  local name=$1 cap=$2 t0=$SECONDS; shift 2
+  rm -rf "/tmp/gpu-run-$name"
+  box "$cap" $PY train.py train --dataset jester --data "$GEN/out" --run-dir "/tmp/gpu-run-$name" --device cuda \
+    --arch resnet50 --num-segments 8 --size 224 --batch-size 32 --epochs 2 --lr-steps 1 --eval-every 0 \
+    --workers "$WORKERS" --ceiling-steps 12 --log-interval 5 "$@" 2>&1 | tee "$RESULTS/train_r50_$name.log"
+  local rc=${PIPESTATUS[0]}
+  cp "/tmp/gpu-run-$name/metrics.jsonl" "$RESULTS/train_r50_${name}_metrics.jsonl" 2>/dev/null
+  step "train:$name" "$rc" $((SECONDS - t0))
+}
 if want train; then
-echo "== 3. ACTION-R50 training rate"
-timeout 160 python3 train.py train --dataset jester --data "$GEN/out" --run-dir /tmp/gpu-run --device cuda \
-  --arch resnet50 --num-segments 8 --size 224 --batch-size 32 --epochs 3 --lr-steps 2 --eval-every 0 \
-  --workers "$WORKERS" --ceiling-steps 15 --log-interval 5 2>&1 | tee "$OUT/train_r50.log"
-cp /tmp/gpu-run/metrics.jsonl "$OUT/train_r50_metrics.jsonl" 2>/dev/null
+  echo "== train: ACTION-R50 8x224^2 bf16, real vs synthetic (fraction of the synthetic step rate)"
+  train_rate nvjpeg 100 --decode-on device
+  if [ "$HAVE_DALI" = 1 ]; then train_rate dali 100 --backend dali
+  else echo "train: dali skipped: nvidia.dali does not import (see gpu_env.txt / stage.log)"; step train:dali 1 0; fi
 fi
 
 if want model; then
-echo "== 4. model-bound step rate: TSN vs TSM vs ACTION, eager and compiled"
-timeout 240 python3 bench/gpu_model.py --arch resnet50 --batch-size 32 --json "$OUT/gpu_model.json" 2>&1 \
-  | tee "$OUT/gpu_model.log"
+  echo "== model: step time of TSN / TSM / ACTION (torch path, fused kernels), R50 batch 32x8x224^2 bf16"
+  # torch.compile costs ~90 s per variant (action+compile measured 151 ms before): add it with MODEL_VARIANTS
+  if $PY bench/gpu_model.py --help 2>/dev/null | grep -q -- "@$FUSED"; then
+    VARIANTS=${MODEL_VARIANTS:-none,tsm,action@torch,action@$FUSED}
+  else
+    echo "model: bench/gpu_model.py offers no '@$FUSED' variant: the fused ACTION kernels are not measured"
+    VARIANTS=${MODEL_VARIANTS:-none,tsm,action}
+  fi
+  t0=$SECONDS
+  box 200 $PY bench/gpu_model.py --arch resnet50 --batch-size 32 --variants "$VARIANTS" --steps 15 --rounds 2 \
+    --json "$RESULTS/gpu_model.json" 2>&1 | tee "$RESULTS/gpu_model.log"
+  step model "${PIPESTATUS[0]}" $((SECONDS - t0))
 fi
-echo "== done"
+
+if want ddp; then
+  if [ "$NGPU" -ge 2 ]; then
+    echo "== ddp: 2 processes, torch:nvjpeg"
+    t0=$SECONDS; rm -rf /tmp/gpu-run-ddp
+    CUDA_VISIBLE_DEVICES=0,1 box 100 $PY -m torch.distributed.run --standalone --nproc_per_node 2 train.py train \
+      --dataset jester --data "$GEN/out" --run-dir /tmp/gpu-run-ddp --device cuda --arch resnet50 --num-segments 8 \
+      --size 224 --batch-size 64 --epochs 2 --lr-steps 1 --eval-every 0 --workers $((WORKERS / 2)) \
+      --ceiling-steps 12 --log-interval 5 --decode-on device 2>&1 | tee "$RESULTS/ddp_r50.log"
+    step ddp "${PIPESTATUS[0]}" $((SECONDS - t0))
+  else
+    echo "ddp: not run: $NGPU GPU(s) on this host (NCCL DDP needs one GPU per process)" | tee "$RESULTS/ddp_r50.log"
+    pack
+  fi
+fi
+echo "== done in $SECONDS s;${FAILED:+ failed:$FAILED}" | tee -a "$RESULTS/summary.txt"
+pack
+[ -z "$FAILED" ]
