@@ -23,7 +23,7 @@ WORKERS ?= 2
 CONVERT_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: help venv setup-ffcv test test-faults test-ffcv convert verify bench bench-convert bench-model stage-gpu profile demo train validate clean
+.PHONY: help venv setup-ffcv test test-faults test-ffcv convert verify bench bench-convert bench-model bench-remote stage-gpu profile demo train validate clean
 
 help: ## this list
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  %-15s %s\n", $$1, $$2}'
@@ -97,6 +97,9 @@ demo: $(STAMP) ## the whole product on a generated dataset on CPU: generate, con
 
 bench-model: $(STAMP) ## ACTION module cost: optimised vs the official formulation (CPU)
 	$(PY) bench/bench_model.py --out bench/results
+
+bench-remote: $(STAMP) ## shards on S3 (moto on 127.0.0.1): first batch + clips/s, cold/warm cache and direct vs local
+	$(PY) bench/bench_remote.py --out bench/results
 
 stage-gpu: $(STAMP) ## DALI + deps for a GPU host without a registry, in <= 55 MiB parts under .gpu-stage/ (README "On a GPU host")
 	$(PY) tools/stage_gpu_wheels.py --out .gpu-stage --report bench/results/gpu/staging.json

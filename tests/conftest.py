@@ -13,6 +13,8 @@ if str(ROOT) not in sys.path:
 if str(ROOT / "tests") not in sys.path:
     sys.path.insert(0, str(ROOT / "tests"))
 
+from s3server import s3_server  # noqa: F401 - a real S3 server (moto) on 127.0.0.1, session-scoped
+
 
 def pytest_addoption(parser):
     parser.addoption("--run-all-faults", action="store_true", default=False,
