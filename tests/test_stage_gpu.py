@@ -133,7 +133,7 @@ def test_split_reassemble_verify_install_round_trip(tmp_path):
     assert r2.returncode == 0 and "already holds" in r2.stdout
 
 
-@pytest.mark.parametrize("how", ["corrupt", "missing", "other_run"])
+@pytest.mark.parametrize("how", ["corrupt", "missing", "other_run", "other_python"])
 def test_bad_parts_are_refused_before_anything_is_installed(tmp_path, how):
     src = tmp_path / "src"
     src.mkdir()
@@ -149,9 +149,12 @@ def test_bad_parts_are_refused_before_anything_is_installed(tmp_path, how):
     elif how == "missing":
         p2.unlink()
         want = p2.name
-    else:  # every part intact, but the tar sum is another staging run's
+    elif how == "other_run":  # every part intact, but the tar sum is another staging run's
         (stage / "parts" / "BUNDLE.sha256").write_text(f"{'0' * 64}  {BUNDLE}\n")
         want = "different staging runs"
+    else:  # staged for another CPython than the one that would install them
+        (stage / "parts" / "manifest.json").write_text('{"python": "2.7"}')
+        want = f"staged for CPython 2.7, this host runs {sys.version_info[0]}.{sys.version_info[1]}"
     r = _stage(stage, tmp_path)
     assert r.returncode != 0
     assert want in r.stdout + r.stderr
