@@ -27,7 +27,7 @@ CLIPS=${CLIPS:-480}
 FUSED=${FUSED:-triton}   # the fused ACTION implementation's name in bench/gpu_model.py's variants (action@FUSED)
 if [ -n "${OUT:-}" ]; then RESULTS=${RESULTS:-/tmp/gpu-check-results}; rm -rf "$RESULTS"; fi
 RESULTS=${RESULTS:-bench/results/gpu}
-mkdir -p "$RESULTS"
+mkdir -p "$RESULTS" && : > "$RESULTS/summary.txt"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 T_END=$((SECONDS + BUDGET_S))
 FAILED=""
@@ -53,8 +53,12 @@ step() {  # step NAME RC T0: record a step's outcome
 stage() {
   local parts=$STAGE/parts site=$STAGE/site
   if [ ! -f "$parts/SHA256SUMS" ] || [ ! -f "$parts/BUNDLE.sha256" ]; then
+    if $PY -c "import nvidia.dali, simplejpeg" 2>/dev/null; then
+      echo "stage: nothing staged in $parts; DALI and simplejpeg import here already"
+      return 0
+    fi
     echo "stage: no $parts/SHA256SUMS or BUNDLE.sha256: nothing staged (run tools/stage_gpu_wheels.py here and" \
-         "carry its parts, one per call; README 'On a GPU host'); DALI and simplejpeg are not installed"
+         "carry its parts, one per call; README 'On a GPU host'); DALI or simplejpeg is missing"
     return 1
   fi
   local want_py have_py bundle
@@ -91,14 +95,13 @@ stage() {
     echo "$bundle" > "$site/.bundle"
     echo "stage: installed $(ls "$STAGE"/wheels/*.whl | wc -l) wheels into $site"
   fi
-  export PYTHONPATH="$PYTHONPATH:$(cd "$site" && pwd)"
 }
 
 if want stage; then
   echo "== stage: reassemble, verify and install the staged wheels"
   t0=$SECONDS; stage 2>&1 | tee "$RESULTS/stage.log"; rc=${PIPESTATUS[0]}
-  # the export above ran in the pipeline's subshell: repeat it here when the install is in place
-  [ "$rc" = 0 ] && export PYTHONPATH="$PYTHONPATH:$(cd "$STAGE/site" && pwd)"
+  # stage ran in the pipeline's subshell: put its install on the path here
+  [ "$rc" = 0 ] && [ -f "$STAGE/site/.bundle" ] && export PYTHONPATH="$PYTHONPATH:$(cd "$STAGE/site" && pwd)"
   step stage "$rc" $((SECONDS - t0))
 fi
 case ",$STEPS," in ,stage,) [ -z "$FAILED" ]; exit $?;; esac
