@@ -102,7 +102,8 @@ bench-remote: $(STAMP) ## shards on S3 (moto on 127.0.0.1): first batch + clips/
 	$(PY) bench/bench_remote.py --out bench/results
 
 stage-gpu: $(STAMP) ## DALI + deps for a GPU host without a registry, in <= 55 MiB parts under .gpu-stage/ (README "On a GPU host")
-	$(PY) tools/stage_gpu_wheels.py --out .gpu-stage --report bench/results/gpu/staging.json
+	$(PY) tools/stage_gpu_wheels.py --out .gpu-stage --report bench/results/gpu/staging.json \
+	  --plot bench/results/gpu/staging.png
 
 bench: bench-convert bench-model profile ## all benchmarks (results under bench/results/)
 

@@ -175,10 +175,11 @@ def _resize_into(x, out) -> bool:
 # crop + skip), into the full-frame array at their own place: the executor then runs unchanged, so its output is
 # bit-identical to a full decode (pixels outside the region are never read). See README "ROI decode".
 
-# Cost of a region decode relative to a full one (simplejpeg), fitted on 320x240 q90 frames (README "ROI
-# decode"): libjpeg-turbo stops after the region's last row, but still entropy-decodes every row above it and
-# every column, which is most of the work; the IDCT and colour conversion are skipped outside the region.
-ROI_COST = (0.25, 0.85, -0.35, -0.2)  # constant, * y1/H, * y0/H, * (1 - w/W)
+# Time of a region decode relative to a full one (simplejpeg), fitted on 320x240 q90 frames (README "ROI
+# decode"): libjpeg-turbo stops after the region's last row but still entropy-decodes the rows it skips above,
+# which is most of the work on such frames; cropping columns measured slower, not faster (nvImageCodec re-aligns
+# every cropped row), so the region is always whole rows.
+ROI_COST = (0.19, 0.92, -0.3)  # constant, * y1/H, * y0/H
 ROI_MAX_COST = 0.9  # decode a region only where it is predicted to save at least 10 %
 ROI_MARGIN = 1  # source pixels added on each side: float rounding of the filter bounds, libjpeg's crop edges
 
@@ -221,25 +222,24 @@ def read_region(plan: ClipPlan, height: int, width: int, *, fused: bool | str = 
     return max(0, x0 - m), max(0, y0 - m), min(width, x1 + m), min(height, y1 + m)
 
 
-def roi_cost(region: tuple[int, int, int, int], height: int, width: int) -> float:
-    """Predicted time of decoding ``region`` = ``(x0, y0, x1, y1)`` of a ``height x width`` JPEG relative to a
-    full decode (:data:`ROI_COST`). E.g. 320x240, the top half: 0.25 + 0.85 * 0.5 = 0.675."""
-    x0, y0, x1, y1 = region
-    c0, c_end, c_skip, c_cols = ROI_COST
-    return c0 + c_end * y1 / height + c_skip * y0 / height + c_cols * (1 - (x1 - x0) / width)
+def roi_cost(y0: int, y1: int, height: int) -> float:
+    """Predicted time of decoding rows ``[y0, y1)`` of a ``height``-row JPEG relative to a full decode
+    (:data:`ROI_COST`). E.g. the top half: 0.19 + 0.92 * 0.5 = 0.65."""
+    c0, c_end, c_skip = ROI_COST
+    return c0 + c_end * y1 / height + c_skip * y0 / height
 
 
 def clip_region(plans, height: int, width: int, *, fused: bool | str = "auto",
                 max_cost: float | None = None) -> tuple[int, int, int, int] | None:
-    """The union of :func:`read_region` over the views ``plans`` of one clip, or None when decoding it is not
-    predicted to be cheaper than a full decode by enough (:func:`roi_cost` above ``max_cost``, default
-    :data:`ROI_MAX_COST`)."""
+    """The rows that cover :func:`read_region` of every view in ``plans`` (one clip), as the region ``(0, y0,
+    width, y1)``, or None when decoding them is not predicted to be cheaper than a full decode by enough
+    (:func:`roi_cost` above ``max_cost``, default :data:`ROI_MAX_COST`)."""
     rs = [read_region(p, height, width, fused=fused) for p in plans]
-    region = (min(r[0] for r in rs), min(r[1] for r in rs), max(r[2] for r in rs), max(r[3] for r in rs))
+    y0, y1 = min(r[1] for r in rs), max(r[3] for r in rs)
     limit = ROI_MAX_COST if max_cost is None else float(max_cost)
-    if roi_cost(region, height, width) > limit:
+    if roi_cost(y0, y1, height) > limit:
         return None
-    return region
+    return 0, y0, width, y1
 
 
 class RoiDecoder:
@@ -268,7 +268,7 @@ class RoiDecoder:
         try:
             check_eoi(data)  # a truncated tail can lie outside the region: reject it as the full decode does
             cs = nv.CodeStream(data if isinstance(data, (bytes, bytearray)) else memoryview(data))
-            if (cs.height, cs.width) != out.shape[:2] or cs.num_channels != 3:
+            if cs.height != out.shape[0] or cs.width != out.shape[1]:
                 return False
             img = self._dec.decode(cs.get_sub_code_stream(region=nv.Region(y0, x0, y1, x1)), image=self._img)
         except (ValueError, RuntimeError):
@@ -276,7 +276,10 @@ class RoiDecoder:
         if img is None:
             return False
         self._img = img
-        out[y0:y1, x0:x1] = np.asarray(img)
+        got = np.asarray(img)
+        if got.shape != (y1 - y0, x1 - x0, 3):  # e.g. a greyscale JPEG (simplejpeg converts it itself)
+            return False
+        out[y0:y1, x0:x1] = got
         return True
 
 

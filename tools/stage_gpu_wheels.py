@@ -279,6 +279,38 @@ def find_wheels(folder: Path, reqs: list[str]) -> list[Path]:
     return out
 
 
+def plot(rows: list[dict], summary: dict, path: str) -> None:
+    """Stacked MiB per wheel group, as downloaded and as staged, with the part boundaries."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = {"DALI": "nvidia_dali", "nvImageCodec": "nvidia_nvimgcodec", "nvJPEG": "nvidia_nvjpeg"}
+
+    def group(name: str) -> str:
+        return next((g for g, p in groups.items() if name.startswith(p)), "others")
+
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    labels = [f"downloaded\n{summary['parts_without_repack']} parts", f"staged\n{summary['parts']} parts"]
+    bottom = [0.0, 0.0]
+    for g, colour in zip([*groups, "others"], ["#2a7", "#47b", "#cc4", "#999"]):
+        vals = [sum(r[key] for r in rows if group(r["wheel"]) == g) / MIB for key in ("bytes", "staged_bytes")]
+        ax.bar(labels, vals, bottom=bottom, color=colour, label=g, width=0.5)
+        bottom = [b + v for b, v in zip(bottom, vals)]
+    for k in range(1, max(summary["parts"], summary["parts_without_repack"]) + 1):
+        ax.axhline(k * summary["part_mib"], color="#c33", lw=0.6, ls="--")
+    for x, key in enumerate(("downloaded_bytes", "staged_bytes")):
+        ax.text(x, summary[key] / MIB, f"{summary[key] / MIB:.1f} MiB", ha="center", va="bottom")
+    ax.set_ylabel(f"MiB (dashed: {summary['part_mib']:g} MiB parts)")
+    ax.set_title("GPU host wheels: as downloaded vs repacked (LZMA, other-Python builds dropped)", fontsize=9)
+    ax.legend(fontsize=8, loc="upper right")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+
+
 # ----------------------------------------------------------------------------------------------- CLI
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--out", default=".gpu-stage", show_default=True, type=click.Path(file_okay=False),
@@ -294,7 +326,9 @@ def find_wheels(folder: Path, reqs: list[str]) -> list[Path]:
               help="--no-download reuses the wheels already in OUT/download")
 @click.option("--report", type=click.Path(dir_okay=False), default=None,
               help="write sizes, part counts and timings as JSON here (e.g. bench/results/gpu/staging.json)")
-def main(out, python, repack, compression, nvcomp, part_mib, do_download, report):
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
+              help="bar chart of the sizes, as downloaded and as staged (PNG)")
+def main(out, python, repack, compression, nvcomp, part_mib, do_download, report, plot_path):
     """Download, repack and split the GPU host's wheels; print the device calls."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
@@ -358,6 +392,8 @@ def main(out, python, repack, compression, nvcomp, part_mib, do_download, report
     if report:
         Path(report).parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(report, {**summary, "manifest": manifest, "device_calls": calls})
+    if plot_path:
+        plot(rows, summary, plot_path)
     return 0
 
 

@@ -190,7 +190,12 @@ class ShardSource(BatchSource):
             return np.stack(dec)
         h, w = plans[0].src_size
         arr = self._scratch(len(wanted), h, w)
-        for u, (j, buf) in enumerate(zip(wanted, bufs)):
+        todo = range(len(wanted))
+        if getattr(self, "roi_decode", False):  # only the pixels the resampling reads; the rest stays stale
+            left = decode.decode_clip_roi(bufs, plans, arr, fused=FUSED[self.resample])
+            todo = todo if left is None else left
+        for u in todo:
+            j, buf = wanted[u], bufs[u]
             try:
                 got = decode.decode_jpeg(buf, out=arr[u])
             except ValueError as e:  # corrupt, or larger than the shard says: tell which
@@ -531,7 +536,7 @@ def _gpu_decoder(planner: Planner, shards, resample: str = "auto", channels_last
 
 def build_torch_loader(spec, *, resample: str = "auto", dct_scale: bool = False, decode_device=None,
                        prefetch_factor: int = 2, verify: bool = False, executor: str = "threads",
-                       channels_last: bool = True) -> TorchLoader:
+                       channels_last: bool = True, roi_decode: bool = False) -> TorchLoader:
     """The ``torch`` backend (contract: :mod:`pipelines.loader`); its options are described in this module's
     docstring. ``verify`` re-hashes the shards first."""
     import torch
@@ -555,8 +560,10 @@ def build_torch_loader(spec, *, resample: str = "auto", dct_scale: bool = False,
         gpu = _gpu_decoder(planner, shards, resample, channels_last)
     else:
         def make(batches, ep):
-            return ShardSource(shards, planner, batches, ep, on_bad=spec.on_bad, resample=resample,
-                               dct_scale=dct_scale, channels_last=channels_last)
+            src = ShardSource(shards, planner, batches, ep, on_bad=spec.on_bad, resample=resample,
+                              dct_scale=dct_scale, channels_last=channels_last)
+            src.roi_decode = bool(roi_decode) and not dct_scale  # decode.decode_clip_roi; same pixels
+            return src
 
         gpu = None
     return TorchLoader(spec, split, make, prefetch_factor=prefetch_factor, gpu_decode=gpu, executor=executor)
