@@ -97,7 +97,7 @@ def explain(uri: str, e: BaseException, fs=None) -> str:
         return (f"{uri}: cannot reach the object store at {endpoint} ({short}); check AWS_ENDPOINT_URL or "
                 "?endpoint_override=, the network and that the server is up")
     if any(s in low for s in ("access_denied", "accessdenied", "invalidaccesskeyid", "signaturedoesnotmatch",
-                              "forbidden", "403")):
+                              "forbidden", "http status 403")):
         return f"{uri}: access denied ({short}); check the credentials (AWS_* variables, profile) and bucket policy"
     if "nosuchbucket" in low or "bucket" in low and "not found" in low:
         return f"{uri}: the bucket does not exist ({short}); check the bucket name in --data"

@@ -40,14 +40,15 @@ def moto_missing() -> str | None:
 
 
 class S3Server:
-    def __init__(self, log_path):
+    def __init__(self, log_path, env: dict | None = None):
         self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self._log = open(log_path, "wb")  # noqa: SIM115 - open while the server runs, closed in stop()
         here = os.path.dirname(os.path.abspath(log_path))  # the recorder's file goes there, not into the checkout
         self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
                                      stdout=self._log, stderr=subprocess.STDOUT, cwd=here,
-                                     env={**os.environ, "MOTO_RECORDER_FILEPATH": os.path.join(here, "moto_recording")})
+                                     env={**os.environ, "MOTO_RECORDER_FILEPATH": os.path.join(here, "moto_recording"),
+                                          **(env or {})})
         deadline = time.monotonic() + 60
         while True:
             try:
@@ -100,6 +101,48 @@ class S3Server:
                 self.proc.kill()
                 self.proc.wait()
         self._log.close()
+
+
+class SlowProxy:
+    """A TCP proxy on 127.0.0.1 to ``port`` that delays every ``chunk`` bytes coming back by ``delay`` seconds
+    (a slow link, so that a download can be killed half-way)."""
+
+    def __init__(self, port: int, *, delay: float = 0.05, chunk: int = 1024):
+        import threading
+
+        self.target, self.delay, self.chunk = port, delay, chunk
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import threading
+
+        while True:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+            threading.Thread(target=self._pump, args=(client, upstream, 0.0), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, self.delay), daemon=True).start()
+
+    def _pump(self, src, dst, delay: float) -> None:
+        try:
+            while data := src.recv(self.chunk):
+                time.sleep(delay)
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 @pytest.fixture(scope="session")

@@ -171,7 +171,7 @@ def test_cache_one_downloader_per_node_then_warm_cache_downloads_nothing(remote_
         assert [bytes(x) for x in ds.frames(i, [0, 2])] == [bytes(x) for x in local.frames(i, [0, 2])]
 
 
-def test_killed_download_resumes_keeping_finished_shards(remote_ds, s3_server, tmp_path):
+def test_partial_file_of_a_killed_download_is_removed_and_only_missing_shards_fetched(remote_ds, s3_server, tmp_path):
     _, uri = remote_ds
     c = remote.ShardCache(uri, tmp_path / "cache")
     c.fetch()
@@ -185,6 +185,40 @@ def test_killed_download_resumes_keeping_finished_shards(remote_ds, s3_server, t
     assert shard_gets(reqs) == {"shard-00001.arrow": 1}
     assert path == str(c.dir) and not stale.exists() and done.stat().st_size == c.entries("train")[0]["bytes"]
     assert done.stat().st_mtime_ns >= mtime
+    ShardDataset(path, "train", verify=True)
+
+
+def test_download_killed_with_sigkill_resumes(s3_server, tmp_path):
+    import signal
+
+    import s3server
+
+    local = tmp_path / "local"
+    write_split(local, shard_sizes=(4, 4, 4), frames=lambda i: 60)  # ~4 KB shards
+    uri = f"{s3_server.bucket('shards')}/kill-{uuid.uuid4().hex[:6]}"
+    upload(local, uri)
+    proxy = s3server.SlowProxy(s3_server.port, delay=0.05, chunk=512)  # ~10 KB/s: a shard takes ~0.4 s
+    cache = tmp_path / "cache"
+    slow = f"{uri}?endpoint_override=127.0.0.1:{proxy.port}&scheme=http"
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from pipelines import remote; "
+            "remote.ShardCache(sys.argv[2], sys.argv[3], threads=1).fetch(['train'])")
+    proc = subprocess.Popen([sys.executable, "-c", code, ROOT, slow, str(cache)], env={**os.environ})
+    try:
+        c = remote.ShardCache(uri, cache)
+        first, last = c.path("train", 0), c.path("train", 2)
+        deadline = time.monotonic() + 60
+        while not first.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        proxy.close()
+    assert proc.returncode == -signal.SIGKILL and first.exists() and not last.exists()
+    with s3_server.recording() as reqs:
+        path = remote.ShardCache(uri, cache).fetch(["train"])
+    gets = shard_gets(reqs)
+    assert "shard-00000.arrow" not in gets and gets.get("shard-00002.arrow") == 1
+    assert not list(cache.rglob(".*.tmp-*"))
     ShardDataset(path, "train", verify=True)
 
 
@@ -294,6 +328,21 @@ def test_missing_credentials_is_one_clear_line(s3_server, tmp_path, monkeypatch)
                                                    "aws_secret_access_key = testing\n")
     with pytest.raises(ShardError, match="manifest not found"):  # now the request is made
         remote.open_split(f"{s3_server.bucket('shards')}/nothing-here", "train", cache_dir=None)
+
+
+def test_wrong_credentials_are_access_denied(s3_server, tmp_path):
+    import s3server
+
+    strict = s3server.S3Server(tmp_path / "moto.log", env={"INITIAL_NO_AUTH_ACTION_COUNT": "0"})  # checks keys
+    try:
+        uri = f"s3://shards/jester?endpoint_override=127.0.0.1:{strict.port}&scheme=http"
+        with pytest.raises(ShardError) as e:
+            remote.open_split(uri, "train", cache_dir=None)
+        msg = str(e.value)
+        assert msg.startswith("s3://shards/jester/manifest.json: access denied (") and "ACCESS_DENIED" in msg
+        assert msg.endswith("check the credentials (AWS_* variables, profile) and bucket policy")
+    finally:
+        strict.stop()
 
 
 def test_shard_missing_from_the_store(remote_ds, tmp_path):
