@@ -81,8 +81,8 @@ verify: $(STAMP) ## re-hash and check the shards in OUT
 bench-convert: $(STAMP) ## conversion MB/s (1 and 2 workers) vs tar on a generated tree
 	$(PY) bench/bench_convert.py --out bench/results
 
-validate: $(STAMP) ## check a training config (DATASET, DATA, BACKEND, RUN, ARGS) without starting anything
-	$(PY) train.py validate --dataset $(DATASET) --data $(DATA) --backend $(BACKEND) --run-dir $(RUN) $(ARGS) > /dev/null
+validate: $(STAMP) ## check a training config, its shards and backend for NPROC ranks (DATASET, DATA, BACKEND, RUN, ARGS) without starting anything
+	$(PY) train.py validate --dataset $(DATASET) --data $(DATA) --backend $(BACKEND) --run-dir $(RUN) --nproc $(NPROC) $(ARGS) > /dev/null
 
 train: validate ## DDP training: make train DATASET=jester GPUS=0,1,2,3 [BACKEND=dali] [DATA=…] [RUN=…] [NPROC=2] [ARGS=…]
 	CUDA_VISIBLE_DEVICES=$(GPUS) OMP_NUM_THREADS=$${OMP_NUM_THREADS:-$(if $(GPUS),4,1)} $(VENV)/bin/torchrun --standalone \
