@@ -23,7 +23,7 @@ WORKERS ?= 2
 CONVERT_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: help venv setup-ffcv test test-faults test-ffcv convert verify bench bench-convert bench-model bench-remote stage-gpu profile demo train validate clean
+.PHONY: help venv setup-ffcv test test-faults test-ffcv convert verify bench bench-convert bench-convert-video bench-model bench-remote stage-gpu profile demo train validate clean
 
 help: ## this list
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  %-15s %s\n", $$1, $$2}'
@@ -81,8 +81,17 @@ verify: $(STAMP) ## re-hash and check the shards in OUT
 bench-convert: $(STAMP) ## conversion MB/s (1 and 2 workers) vs tar on a generated tree
 	$(PY) bench/bench_convert.py --out bench/results
 
-validate: $(STAMP) ## check a training config, its shards and backend for NPROC ranks (DATASET, DATA, BACKEND, RUN, ARGS) without starting anything
-	$(PY) train.py validate --dataset $(DATASET) --data $(DATA) --backend $(BACKEND) --run-dir $(RUN) --nproc $(NPROC) $(ARGS) > /dev/null
+# the baseline (b) is the peers' ffmpeg CLI: apt's ffmpeg, installed here only when missing (tests never need it)
+bench-convert-video: $(STAMP) ## SSv2 webm -> shards in one step vs ffmpeg frame extraction + conversion (2 workers)
+	@command -v ffmpeg > /dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get > /dev/null; then \
+	    echo "bench-convert-video: installing the ffmpeg CLI (baseline only)"; \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends ffmpeg || exit 1; \
+	  else echo "bench-convert-video: the baseline needs the ffmpeg CLI (apt-get install -y --no-install-recommends ffmpeg)" >&2; exit 1; fi; }
+	$(PY) bench/bench_convert_video.py --out bench/results --workers $(WORKERS)
+
+validate: $(STAMP) ## check a training config (DATASET, DATA, BACKEND, RUN, ARGS) without starting anything
+	$(PY) train.py validate --dataset $(DATASET) --data $(DATA) --backend $(BACKEND) --run-dir $(RUN) $(ARGS) > /dev/null
 
 train: validate ## DDP training: make train DATASET=jester GPUS=0,1,2,3 [BACKEND=dali] [DATA=…] [RUN=…] [NPROC=2] [ARGS=…]
 	CUDA_VISIBLE_DEVICES=$(GPUS) OMP_NUM_THREADS=$${OMP_NUM_THREADS:-$(if $(GPUS),4,1)} $(VENV)/bin/torchrun --standalone \

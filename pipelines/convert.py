@@ -8,7 +8,9 @@ one pool of ``workers`` processes (``fork`` on Linux, see :func:`default_start_m
    once with ``numpy.random.Generator(PCG64(seed))`` (one generator per split, so a split's bytes do not
    depend on which other splits are converted), then apply ``limit``;
 2. **scan** every frame folder (list + stat only; in ``workers`` processes): names ``<number>.jpg`` of any
-   zero-padded width, sorted by number, consecutive numbers, no zero-byte files;
+   zero-padded width, sorted by number, consecutive numbers, no zero-byte files. A video file
+   ``<folder>.webm``/``.mp4``/... may stand in for a folder: it is probed here, decoded and JPEG-encoded in
+   step 4, and planned from an estimate (:mod:`pipelines.video`);
 3. **plan** the shard boundaries from the file sizes alone: a shard is closed as soon as its frame bytes
    reach ``shard_mb`` MiB. The plan therefore does not depend on ``workers``;
 4. **write** each shard (one process per shard): the JPEG bytes are read untouched, every frame's header is
@@ -46,6 +48,7 @@ from pipelines import datasets
 from pipelines import format as fmt
 from pipelines import shards as sh
 from pipelines import storage
+from pipelines import video
 from pipelines.datasets import ClipRef, Problems, bad
 from pipelines.errors import AnnotationError, DataError, FrameError
 
@@ -121,7 +124,8 @@ def scan_folder(raw: str, folder: str) -> Folder:
 def _scan_task(args):
     raw, folder = args
     try:
-        return scan_folder(raw, folder)
+        rel = video.find(raw, folder)  # a video file may stand in for the frame folder (pipelines/video.py)
+        return video.probe(raw, rel) if rel is not None else scan_folder(raw, folder)
     except DataError as e:
         return e
 
@@ -172,7 +176,10 @@ def plan_fingerprint(clips: list[Clip]) -> str:
     """Hash of everything a shard's bytes depend on (format version, keys, labels, files, sizes, mtimes)."""
     h = hashlib.sha256(f"{fmt.FORMAT_NAME}/{fmt.FORMAT_VERSION}/{fmt.ROWS_PER_BATCH}".encode())
     for c in clips:
-        h.update(json.dumps([c.key, c.label, c.files, c.sizes, c.mtimes]).encode())
+        row = [c.key, c.label, c.files, c.sizes, c.mtimes]
+        if isinstance(c, video.VideoClip):  # the decoded bytes also depend on the decode options and range
+            row += [c.decode.manifest(), c.start, c.end]  # (the decoder's version included)
+        h.update(json.dumps(row).encode())
     return h.hexdigest()
 
 
@@ -224,10 +231,35 @@ def _batches(raw: str, clips: list[Clip], problems: Problems, stats: dict, on_ba
     check = sh.JpegChecker()
     for i in range(0, len(clips), fmt.ROWS_PER_BATCH):
         group = clips[i:i + fmt.ROWS_PER_BATCH]
-        buf = _batch_buffer(sum(sum(c.sizes) for c in group))
+        videos = {}  # a video's JPEG frames exist only once decoded: encode them first to size the buffer
+        for j, c in enumerate(group):
+            if isinstance(c, video.VideoClip):
+                try:
+                    videos[j] = video.read_clip(raw, c)
+                except DataError as e:
+                    problems(e)
+                    videos[j] = None
+        buf = _batch_buffer(sum(sum(c.sizes) for j, c in enumerate(group) if j not in videos)
+                            + sum(sum(map(len, v[0])) for v in videos.values() if v is not None))
         keys, labels, counts, hs, ws, offs = [], [], [], [], [], [0]
         off = 0
-        for c in group:
+        for j, c in enumerate(group):
+            if j in videos:
+                if videos[j] is None:
+                    continue
+                jpegs, h, w = videos.pop(j)
+                sizes = [len(b) for b in jpegs]
+                for b in jpegs:
+                    buf[off:off + len(b)] = memoryview(b)
+                    off += len(b)
+                keys.append(c.key)
+                labels.append(c.label)
+                counts.append(len(jpegs))
+                hs.append(h)
+                ws.append(w)
+                for s in sizes:
+                    offs.append(offs[-1] + s)
+                continue
             try:
                 h, w = _read_clip(raw, c, buf, off, check)
             except DataError as e:
@@ -247,7 +279,7 @@ def _batches(raw: str, clips: list[Clip], problems: Problems, stats: dict, on_ba
         stats["frames"] += sum(counts)
         stats["data_bytes"] += off
         if on_batch is not None:
-            on_batch(len(group), off)
+            on_batch(len(group), off, sum(counts))
         if keys:
             yield sh.make_batch(keys, labels, counts, hs, ws, data, np.asarray(offs, dtype=np.int64))
 
@@ -317,7 +349,8 @@ def read_split(spec, raw: str, split: str, classes: list[str], problems: Problem
 
 def convert_dataset(dataset: str, raw, out, *, splits=None, workers: int = 1, shard_mb: float = 256.0,
                     seed: int = 0, skip_bad: bool = False, limit: int | None = None, progress: bool = False,
-                    start_method: str | None = None, **reader_options) -> dict:
+                    start_method: str | None = None, fps: float | None = None, short_side: int | None = None,
+                    jpeg_quality: int = video.DEFAULT_QUALITY, **reader_options) -> dict:
     """Convert the raw tree ``raw`` of ``dataset`` into shards under ``out``; return the manifest.
 
     Args:
@@ -333,6 +366,8 @@ def convert_dataset(dataset: str, raw, out, *, splits=None, workers: int = 1, sh
         progress: tqdm bars per split (clips/s and MB/s).
         start_method: multiprocessing start method of the workers (default :func:`default_start_method`;
             use ``"spawn"`` when calling from a process whose threads must not be forked).
+        fps, short_side, jpeg_quality: how clips stored as video files become JPEG frames
+            (:mod:`pipelines.video`; ignored for frame folders).
         **reader_options: dataset reader options (EgoGesture: ``drop_last_two``, ``train_on_trainval``).
 
     Raises:
@@ -357,6 +392,7 @@ def convert_dataset(dataset: str, raw, out, *, splits=None, workers: int = 1, sh
     if limit is not None and limit < 0:
         raise ValueError("limit must be >= 0")
     workers = max(1, int(workers))
+    decode = video.Decode(fps=fps, short_side=short_side, quality=int(jpeg_quality))
 
     spec.check_root(raw)
     classes = spec.load_classes(raw)
@@ -393,10 +429,13 @@ def convert_dataset(dataset: str, raw, out, *, splits=None, workers: int = 1, sh
                 if isinstance(got, DataError):
                     continue
                 try:
-                    clips.append(resolve_clip(r, got, raw))
+                    clips.append(video.resolve_clip(r, got, decode) if isinstance(got, video.VideoInfo)
+                                 else resolve_clip(r, got, raw))
                 except DataError as e:
                     problems(e)
             plans[split] = plan_shards(clips, shard_mb * MIB)
+            if any(isinstance(c, video.VideoClip) for c in clips):
+                manifest["options"]["video"] = decode.manifest()
             log.info("%s/%s: %d clips, %d frames, %.1f MB in %d shard(s) (scan %.1fs)", spec.name, split,
                      len(clips), sum(len(c.files) for c in clips), sum(sum(c.sizes) for c in clips) / 1e6,
                      len(plans[split]), time.perf_counter() - t0)
@@ -426,16 +465,21 @@ def _write_all(fs, root, out, raw, plans, pool, skip_bad, progress, problems, na
             tasks.append({"raw": raw, "out": os.fspath(out), "split": split, "path": fmt.shard_name(split, i),
                           "clips": clips, "skip_bad": skip_bad, "plan": plan_fingerprint(clips),
                           "state": f"{STATE_DIR}/{split}-{i:05d}.json"})
-    bars = {split: tqdm(total=sum(len(c) for c in plan), desc=f"{name}/{split}", unit="clip", position=k,
+    unit = {s: "video" if any(isinstance(c, video.VideoClip) for sh_ in p for c in sh_) else "clip"
+            for s, p in plans.items()}
+    bars = {split: tqdm(total=sum(len(c) for c in plan), desc=f"{name}/{split}", unit=unit[split], position=k,
                         disable=not progress, dynamic_ncols=True) for k, (split, plan) in enumerate(plans.items())}
     done_bytes = dict.fromkeys(plans, 0)
+    done_frames = dict.fromkeys(plans, 0)
     t0 = time.perf_counter()
 
-    def tick(split: str, n_clips: int, n_bytes: int) -> None:
+    def tick(split: str, n_clips: int, n_bytes: int, n_frames: int = 0) -> None:
         done_bytes[split] += n_bytes
+        done_frames[split] += n_frames
         bars[split].update(n_clips)
-        rate = done_bytes[split] / 1e6 / max(time.perf_counter() - t0, 1e-9)
-        bars[split].set_postfix_str(f"{rate:.1f} MB/s", refresh=False)
+        dt = max(time.perf_counter() - t0, 1e-9)
+        bars[split].set_postfix_str(f"{done_bytes[split] / 1e6 / dt:.1f} MB/s, {done_frames[split] / dt:.0f} frames/s",
+                                    refresh=False)
 
     results: list[dict | None] = [None] * len(tasks)
     todo = []
@@ -451,14 +495,14 @@ def _write_all(fs, root, out, raw, plans, pool, skip_bad, progress, problems, na
         if pool is None:
             for i in todo:
                 split = tasks[i]["split"]
-                results[i] = write_shard_task(tasks[i], on_batch=lambda c, b, s=split: tick(s, c, b))
+                results[i] = write_shard_task(tasks[i], on_batch=lambda c, b, f, s=split: tick(s, c, b, f))
         else:
             futs = {pool.submit(write_shard_task, tasks[i]): i for i in todo}
             try:
                 for f in cf.as_completed(futs):
                     r = f.result()  # re-raises a worker's DataError (strict mode)
                     results[futs[f]] = r
-                    tick(tasks[futs[f]]["split"], r["planned_clips"], r["data_bytes"])
+                    tick(tasks[futs[f]]["split"], r["planned_clips"], r["data_bytes"], r["frames"])
             except BaseException:
                 for f in futs:
                     f.cancel()

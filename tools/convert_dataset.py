@@ -33,13 +33,16 @@ MAIN_HELP = """Convert raw frame folders + official label files into sharded Arr
   convert_dataset.py verify OUT [--decode]
 
 DATASET is egogesture, jester or sthv2; RAW is the dataset root in the official layout (see DESIGN.md:
-EgoGesture frames/ + labels/, Jester jester-v1-*.csv + frames/, SSv2 something-something-v2-*.json +
-frames/). OUT receives OUT/manifest.json and OUT/<split>/shard-NNNNN.arrow; it may be a local path or a
+EgoGesture frames/ + labels/, Jester jester-v1-*.csv + frames/, SSv2 something-something-v2-*.json or
+labels/*.json + frames/ or the release's 20bn-something-something-v2/<id>.webm videos). A video file
+<folder>.webm/.mp4/.mkv may stand in for any frame folder: it is decoded and its frames stored as JPEG.
+OUT receives OUT/manifest.json and OUT/<split>/shard-NNNNN.arrow; it may be a local path or a
 pyarrow filesystem URI (file://, s3://, gs://, hdfs://).
 
 \b
 Behaviour:
-  * JPEG bytes are stored untouched (a stored frame is byte-identical to its file).
+  * JPEG bytes are stored untouched (a stored frame is byte-identical to its file); video frames are
+    encoded once (--jpeg-quality, --short-side, --fps).
   * Clips are shuffled once with --seed; the same input and seed give the same sha256 for every shard,
     whatever --workers is.
   * Resumable: after an interruption (even kill -9) run the same command again; finished shards are kept
@@ -92,11 +95,19 @@ def _common_options(f):
         click.option("--skip-bad", is_flag=True,
                      help="Leave bad clips out and record {path, reason} in the manifest instead of stopping "
                           "at the first problem (missing/empty folders, bad/truncated JPEGs, frame gaps, bad "
-                          "label rows, unknown labels, unsafe ids)."),
+                          "label rows, unknown labels, unsafe ids; missing, unreadable or truncated videos)."),
         click.option("--limit", default=None, type=click.IntRange(0),
                      help="Keep at most N clips per split (after the shuffle): quick trial runs."),
         click.option("--progress/--no-progress", default=True, show_default=True,
-                     help="tqdm bar per split (clips/s, MB/s) on stderr."),
+                     help="tqdm bar per split (clips/s or videos/s, MB/s, frames/s) on stderr."),
+        click.option("--fps", default=None, type=click.FloatRange(min=0, min_open=True),
+                     help="Videos only: resample to N frames/s like `ffmpeg -vf fps=N` (default: every decoded "
+                          "frame, at the native rate)."),
+        click.option("--short-side", default=None, type=click.IntRange(1),
+                     help="Videos only: resize so the shorter side is N px (bicubic, aspect kept) before JPEG "
+                          "encoding (default: native size)."),
+        click.option("--jpeg-quality", default=90, show_default=True, type=click.IntRange(1, 100),
+                     help="Videos only: JPEG quality of the stored frames (libjpeg-turbo, 4:2:0)."),
         click.option("-v", "--verbose", count=True, help="Log more (-v info, -vv debug)."),
     ]
     for o in reversed(opts):
@@ -105,14 +116,15 @@ def _common_options(f):
 
 
 def _run(dataset: str, raw, out, splits, workers, shard_mb, seed, skip_bad, limit, progress, verbose,
-         **reader_options) -> None:
+         fps=None, short_side=None, jpeg_quality=90, **reader_options) -> None:
     from pipelines.convert import convert_dataset
 
     _setup_logging(verbose)
     t0 = time.perf_counter()
     try:
         m = convert_dataset(dataset, raw, out, splits=splits, workers=workers, shard_mb=shard_mb, seed=seed,
-                            skip_bad=skip_bad, limit=limit, progress=progress, **reader_options)
+                            skip_bad=skip_bad, limit=limit, progress=progress, fps=fps, short_side=short_side,
+                            jpeg_quality=jpeg_quality, **reader_options)
     except DataError as e:
         _fail(e)
     except ValueError as e:
@@ -149,8 +161,13 @@ _EGO_OPTIONS = (
     click.option("--train-on-trainval", is_flag=True,
                  help="Official recipe: split 'train' also holds the val subjects (val is still written)."),
 )
+_STHV2_OPTIONS = (
+    click.option("--source", type=click.Choice(("auto", "frames", "videos")), default="auto", show_default=True,
+                 help="frames/<id>/ or the release's 20bn-something-something-v2/<id>.webm videos (auto: frames/ "
+                      "when it exists, else the videos; a warning says which when both exist)."),
+)
 for _name in DATASETS:
-    _make_dataset_command(_name, _EGO_OPTIONS if _name == "egogesture" else ())
+    _make_dataset_command(_name, {"egogesture": _EGO_OPTIONS, "sthv2": _STHV2_OPTIONS}.get(_name, ()))
 
 
 @cli.command("convert")
@@ -158,13 +175,19 @@ for _name in DATASETS:
 @_common_options
 @click.option("--drop-last-two", is_flag=True, help="EgoGesture only: see `egogesture --help`.")
 @click.option("--train-on-trainval", is_flag=True, help="EgoGesture only: see `egogesture --help`.")
-def convert_cmd(dataset, drop_last_two, train_on_trainval, **kw):
+@click.option("--source", type=click.Choice(("auto", "frames", "videos")), default=None,
+              help="SSv2 only: see `sthv2 --help`.")
+def convert_cmd(dataset, drop_last_two, train_on_trainval, source, **kw):
     """Convert DATASET (egogesture, jester, sthv2); same as `convert_dataset.py DATASET ...`."""
     extra = {}
     if dataset == "egogesture":
         extra = {"drop_last_two": drop_last_two, "train_on_trainval": train_on_trainval}
     elif drop_last_two or train_on_trainval:
         raise click.UsageError("--drop-last-two/--train-on-trainval apply to egogesture only")
+    if dataset == "sthv2":
+        extra["source"] = source or "auto"
+    elif source:
+        raise click.UsageError("--source applies to sthv2 only")
     _run(dataset, **kw, **extra)
 
 

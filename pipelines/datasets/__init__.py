@@ -99,7 +99,7 @@ class DatasetSpec:
             ``raw`` and returns the bundled list).
         read: ``read(raw, split, problems, **options) -> list[ClipRef]``.
         options: reader options and their defaults (keyword arguments of ``read``).
-        root_marker: file/folder (relative to RAW) whose presence marks a dataset root.
+        root_marker: file/folder (relative to RAW) whose presence marks a dataset root (a tuple: any of them).
     """
 
     name: str
@@ -109,7 +109,7 @@ class DatasetSpec:
     load_classes: Callable[[str], list[str]]
     read: Callable[..., list[ClipRef]]
     options: dict
-    root_marker: str
+    root_marker: str | tuple[str, ...]
 
     def flip_label_map(self, classes: list[str]) -> np.ndarray:
         """Return ``m`` (int64, len(classes)) with ``m[label]`` the label after a horizontal flip.
@@ -122,9 +122,10 @@ class DatasetSpec:
         """Raise AnnotationError unless ``raw`` looks like this dataset's root."""
         if not os.path.isdir(raw):
             raise bad(AnnotationError, raw, f"RAW is not a directory (expected a {self.name} dataset root)")
-        if not os.path.exists(os.path.join(raw, self.root_marker)):
+        markers = (self.root_marker,) if isinstance(self.root_marker, str) else self.root_marker
+        if not any(os.path.exists(os.path.join(raw, m)) for m in markers):
             raise bad(AnnotationError, raw,
-                      f"not a {self.name} dataset root: expected {os.path.join(raw, self.root_marker)}",
+                      f"not a {self.name} dataset root: expected {' or '.join(os.path.join(raw, m) for m in markers)}",
                       "point --raw at the folder that holds the official annotation files and frames/")
 
 

@@ -6,17 +6,24 @@ Layout (DESIGN.md)::
     RAW/something-something-v2-train.json        [{"id", "label", "template", "placeholders"}, ...]
     RAW/something-something-v2-validation.json   same                      -> split "val"
     RAW/something-something-v2-test.json         [{"id"}, ...]             -> label -1
-    RAW/frames/<id>/000001.jpg ...
+    RAW/frames/<id>/000001.jpg ...               extracted frames, or
+    RAW/20bn-something-something-v2/<id>.webm    the release's videos (decoded by pipelines/video.py)
 
+The newer download names the label files ``RAW/labels/{labels,train,validation,test}.json``; either naming
+is read (the flat one when both exist). Option ``source``: ``auto`` (frames/ when it exists, else the video
+folder; a warning says which when both exist), ``frames`` or ``videos``.
 The class of an entry is its ``template`` with ``[`` and ``]`` removed.
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 from pipelines.datasets import ClipRef, DatasetSpec, Problems, _check_id, bad
 from pipelines.errors import AnnotationError
+
+log = logging.getLogger(__name__)
 
 NUM_CLASSES = 174
 FLIP_PAIRS = (
@@ -27,6 +34,33 @@ FLIP_PAIRS = (
 LABELS_FILE = "something-something-v2-labels.json"
 SPLIT_FILES = {"train": "something-something-v2-train.json", "val": "something-something-v2-validation.json",
                "test": "something-something-v2-test.json"}
+LABELS_DIR_FILES = {"labels": "labels/labels.json", "train": "labels/train.json", "val": "labels/validation.json",
+                    "test": "labels/test.json"}  # the newer download's naming
+VIDEO_DIR = "20bn-something-something-v2"
+SOURCES = ("auto", "frames", "videos")
+
+
+def _file(raw: str, which: str) -> str:
+    """Path of the labels file (``which="labels"``) or of a split's JSON, in whichever naming RAW uses."""
+    flat = os.path.join(raw, LABELS_FILE if which == "labels" else SPLIT_FILES[which])
+    if os.path.exists(flat) or not os.path.exists(os.path.join(raw, LABELS_DIR_FILES["labels"])):
+        return flat
+    return os.path.join(raw, LABELS_DIR_FILES[which])
+
+
+def _media_dir(raw: str, source: str, split: str) -> str:
+    """``frames`` or the video folder, by ``source`` (see the module docstring)."""
+    if source not in SOURCES:
+        raise ValueError(f"sthv2: source must be one of {', '.join(SOURCES)}, not {source!r}")
+    if source == "videos":
+        return VIDEO_DIR
+    if source == "frames":
+        return "frames"
+    frames, videos = os.path.isdir(os.path.join(raw, "frames")), os.path.isdir(os.path.join(raw, VIDEO_DIR))
+    if frames and videos:
+        log.warning("sthv2/%s: both %s/frames/ and %s/%s/ exist: using the extracted frames "
+                    "(--source videos decodes the videos instead)", split, raw, raw, VIDEO_DIR)
+    return VIDEO_DIR if videos and not frames else "frames"
 
 
 def _load_json(path: str):
@@ -45,7 +79,7 @@ def _load_json(path: str):
 
 
 def load_classes(raw: str) -> list[str]:
-    path = os.path.join(raw, LABELS_FILE)
+    path = _file(raw, "labels")
     d = _load_json(path)
     if not isinstance(d, dict):
         raise bad(AnnotationError, path, "expected a JSON object {\"Class name\": \"index\"}")
@@ -63,13 +97,15 @@ def load_classes(raw: str) -> list[str]:
     return names  # type: ignore[return-value]
 
 
-def read(raw: str, split: str, problems: Problems, *, classes: list[str] | None = None) -> list[ClipRef]:
+def read(raw: str, split: str, problems: Problems, *, classes: list[str] | None = None,
+         source: str = "auto") -> list[ClipRef]:
     """Clips of ``split`` ("train", "val", "test") listed in the official JSON."""
     if split not in SPLIT_FILES:
         raise ValueError(f"sthv2 has no split {split!r}")
+    media = _media_dir(raw, source, split)
     classes = classes if classes is not None else load_classes(raw)
     index = {c: i for i, c in enumerate(classes)}
-    path = os.path.join(raw, SPLIT_FILES[split])
+    path = _file(raw, split)
     entries = _load_json(path)
     if not isinstance(entries, list):
         raise bad(AnnotationError, path, "expected a JSON list of entries")
@@ -104,11 +140,11 @@ def read(raw: str, split: str, problems: Problems, *, classes: list[str] | None 
             problems(bad(AnnotationError, where, f"duplicate id {vid!r}"))
             continue
         seen.add(vid)
-        out.append(ClipRef(key=vid, label=label, folder=f"frames/{vid}", source=where))
+        out.append(ClipRef(key=vid, label=label, folder=f"{media}/{vid}", source=where))
     return out
 
 
 def spec() -> DatasetSpec:
     return DatasetSpec(name="sthv2", num_classes=NUM_CLASSES, flip_pairs=FLIP_PAIRS,
-                       splits=("train", "val", "test"), load_classes=load_classes, read=read, options={},
-                       root_marker=LABELS_FILE)
+                       splits=("train", "val", "test"), load_classes=load_classes, read=read,
+                       options={"source": "auto"}, root_marker=(LABELS_FILE, LABELS_DIR_FILES["labels"]))
