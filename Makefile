@@ -90,8 +90,8 @@ bench-convert-video: $(STAMP) ## SSv2 webm -> shards in one step vs ffmpeg frame
 	  else echo "bench-convert-video: the baseline needs the ffmpeg CLI (apt-get install -y --no-install-recommends ffmpeg)" >&2; exit 1; fi; }
 	$(PY) bench/bench_convert_video.py --out bench/results --workers $(WORKERS)
 
-validate: $(STAMP) ## check a training config (DATASET, DATA, BACKEND, RUN, ARGS) without starting anything
-	$(PY) train.py validate --dataset $(DATASET) --data $(DATA) --backend $(BACKEND) --run-dir $(RUN) $(ARGS) > /dev/null
+validate: $(STAMP) ## check a training config, its shards and backend for NPROC ranks (DATASET, DATA, BACKEND, RUN, ARGS) without starting anything
+	$(PY) train.py validate --dataset $(DATASET) --data $(DATA) --backend $(BACKEND) --run-dir $(RUN) --nproc $(NPROC) $(ARGS) > /dev/null
 
 train: validate ## DDP training: make train DATASET=jester GPUS=0,1,2,3 [BACKEND=dali] [DATA=…] [RUN=…] [NPROC=2] [ARGS=…]
 	CUDA_VISIBLE_DEVICES=$(GPUS) OMP_NUM_THREADS=$${OMP_NUM_THREADS:-$(if $(GPUS),4,1)} $(VENV)/bin/torchrun --standalone \

@@ -15,6 +15,13 @@ Pure functions on integers. The contract:
 
 So with ``equal=False`` and ``drop_last=False`` the union over all (rank, worker) of the clips read in one
 epoch is every clip exactly once.
+
+**Elastic contract (training).** For a global batch ``B`` that ``world`` divides, per-rank batches of
+``b = B / world``, ``equal=True`` and ``drop_last=True``: batch ``s`` of rank ``r`` holds positions
+``s*B + r + world*j`` (``j < b``) of the epoch order, so over all ranks global step ``s`` trains exactly the clips
+``order[s*B:(s+1)*B]``, and an epoch has ``n // B`` steps -- both for every world size that divides ``B``. A run
+may therefore stop after global step ``s`` on one number of ranks and go on at step ``s + 1`` on another with
+the same remaining clips per step (tests/test_partition.py checks world 1-4 on uneven split sizes).
 """
 from __future__ import annotations
 

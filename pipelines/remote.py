@@ -16,6 +16,7 @@ download leaves finished shards in place (and a temporary file that the next run
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import logging
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 DEFAULT = "default"  # cache_dir: $XDG_CACHE_HOME/action-net (or ~/.cache/action-net)
 TIMEOUTS = {"connect": 3.0, "request": 10.0, "attempts": 3}  # seconds, seconds (a stalled request), tries
 _CHUNK = 8 << 20
+_LOCAL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES)
 _CRED_ENV = ("AWS_ACCESS_KEY_ID", "AWS_PROFILE", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN",
              "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI")
 
@@ -305,7 +307,12 @@ class ShardCache:
             except FileNotFoundError:
                 raise ShardError(f"{where}: shard listed in the manifest is missing from the object store "
                                  "(re-run tools/convert_dataset.py)") from None
-            except (OSError, pa.ArrowException) as err:
+            except OSError as err:
+                if err.errno in _LOCAL_ERRNOS:  # writing the cache, not reading the store
+                    raise ShardError(f"{dst}: cannot write the shard cache ({err.strerror}); free space in "
+                                     f"{self.dir.parent} or choose another cache dir (max_gb bounds its size)") from None
+                raise ShardError(explain(where, err, self.fs)) from None
+            except pa.ArrowException as err:
                 raise ShardError(explain(where, err, self.fs)) from None
             except _Mismatch as got:
                 if attempt == 1:

@@ -88,18 +88,16 @@ def _queue_gpu_work(matmuls: int = 40) -> None:
 
 def test_train_step_input_and_eval_counts_do_not_synchronise():
     """train.py's per-step normalisation and eval's per-batch counting queue work without waiting for the GPU."""
-    from types import SimpleNamespace
+    from trainer.data import ModelInput
 
-    import train as T
-
-    info = SimpleNamespace(device=torch.device("cuda"))
+    to_input = ModelInput("jester", torch.device("cuda"))
     x = torch.randint(0, 256, (2, 8, 3, 64, 64), dtype=torch.uint8, device="cuda")
-    ref = T.to_model_input(x, info, True)  # first call builds the constants (one sync, once)
+    ref = to_input(x)  # first call builds the constants (one sync, once)
     _queue_gpu_work()
-    got = T.to_model_input(x, info, True)
+    got = to_input(x)
     still_running = not torch.cuda.current_stream().query()
     torch.cuda.synchronize()
-    assert still_running, "to_model_input waited for the queued GPU work (a host sync every training step)"
+    assert still_running, "ModelInput waited for the queued GPU work (a host sync every training step)"
     assert torch.equal(got, ref)
 
 

@@ -240,6 +240,29 @@ def test_mismatching_shard_is_fetched_once_more_then_refused(remote_ds, s3_serve
     assert not cached.exists() and not list(cached.parent.glob(".*tmp*"))
 
 
+def test_cache_disk_full_is_one_line_and_keeps_nothing_partial(s3_server, tmp_path):
+    local = tmp_path / "local"
+    write_split(local, shard_sizes=(40, 40), frames=lambda i: 200)  # two shards of ~150 KB
+    uri = f"{s3_server.bucket('shards')}/full-{uuid.uuid4().hex[:6]}"
+    upload(local, uri)
+    small = tmp_path / "small"
+    small.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(small)], capture_output=True, text=True,
+                       check=False)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs (needs root): {r.stderr.strip()}")
+    try:
+        with pytest.raises(ShardError) as e:
+            remote.ShardCache(uri, small, threads=1).fetch()
+        msg = str(e.value)
+        assert "cannot write the shard cache (No space left on device); free space in" in msg and "\n" not in msg
+        assert not list(small.rglob(".*.tmp-*"))  # the partial file is removed
+        done = list(small.rglob("*.arrow"))
+        assert len(done) <= 1 and all(p.stat().st_size == local.joinpath("train", p.name).stat().st_size for p in done)
+    finally:
+        subprocess.run(["umount", "-l", str(small)], capture_output=True, check=False)
+
+
 def test_size_limited_cache_prefetches_and_evicts_least_recently_used(s3_server, tmp_path):
     local_dir = tmp_path / "local"
     write_split(local_dir, shard_sizes=(3, 3, 3, 3), rows_per_batch=2)

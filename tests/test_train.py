@@ -1,4 +1,5 @@
-"""train.py: config validation, DDP train + exact eval, kill -9 resume equality, NaN stop, official checkpoints.
+"""train.py + trainer/: config validation, DDP train + exact eval, kill -9 resume equality, NaN stop, official
+checkpoints, the pre-launch checks of `validate`.
 
 CPU only, small: ResNet-18 ACTION, 4 segments, 64 px, generated Jester-layout shards.
 """
@@ -16,6 +17,10 @@ import pytest
 import torch
 
 import train as T
+from trainer import checkpoint as C
+from trainer.config import make_config
+from trainer.errors import ConfigError, TrainingError
+from trainer.model import build_optimizer, build_scheduler
 
 ROOT = Path(__file__).resolve().parent.parent
 TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
@@ -55,27 +60,41 @@ def _final_weights(run: Path) -> dict:
 
 # -------------------------------------------------------------------------------------------------- config
 def test_config_layers_and_validation(tmp_path):
-    cfg = T.make_config({"dataset": "egogesture", "data": "x"})
+    cfg = make_config({"dataset": "egogesture", "data": "x"})
     assert (cfg.epochs, cfg.lr_steps, cfg.batch_size, cfg.lr, cfg.weight_decay, cfg.clip_grad) == \
         (20, (5, 10, 15), 64, 0.01, 5e-4, 20.0)
-    assert T.make_config({"dataset": "sthv2", "data": "x"}).lr_steps == (30, 40, 45)
-    assert T.make_config({"dataset": "jester", "data": "x", "lr_steps": "3,7"}).lr_steps == (3, 7)
-    with pytest.raises(T.ConfigError) as e:
-        T.make_config({"dataset": "jester", "data": "x", "lr": "-1", "batch_size": "0", "backend": "pil"})
+    assert make_config({"dataset": "sthv2", "data": "x"}).lr_steps == (30, 40, 45)
+    assert make_config({"dataset": "jester", "data": "x", "lr_steps": "3,7"}).lr_steps == (3, 7)
+    with pytest.raises(ConfigError) as e:
+        make_config({"dataset": "jester", "data": "x", "lr": "-1", "batch_size": "0", "backend": "pil"})
     msg = str(e.value)
     assert "--lr=-1.0" in msg and "> 0.0" in msg and "--batch-size=0" in msg and "one of torch, dali, ffcv, folder" in msg
-    with pytest.raises(T.ConfigError, match="--data is required"):
-        T.make_config({"dataset": "jester"})
+    with pytest.raises(ConfigError, match="--data is required"):
+        make_config({"dataset": "jester"})
     f = tmp_path / "c.toml"
     f.write_text("epochs = 3\nunknown_key = 1\n")
-    with pytest.raises(T.ConfigError, match="unknown keys"):
-        T.make_config({"dataset": "jester", "data": "x"}, str(f))
+    with pytest.raises(ConfigError, match="unknown keys"):
+        make_config({"dataset": "jester", "data": "x"}, str(f))
 
 
 def test_lr_schedule():
-    cfg = T.make_config({"dataset": "jester", "data": "x"})
-    assert [round(T.lr_at(cfg, e), 8) for e in (0, 4, 5, 9, 10, 15, 24)] == \
+    from action import build_model
+
+    cfg = make_config({"dataset": "jester", "data": "x"})
+    opt = build_optimizer(cfg, build_model(arch="resnet18", num_classes=3, num_segments=2, temporal="none"))
+    sched = build_scheduler(cfg, opt)
+    lrs = {}
+    for e in range(25):
+        lrs[e] = [g["lr"] for g in opt.param_groups]
+        opt.step()  # (no gradients: changes nothing) the order torch expects
+        sched.step()
+    assert [round(lrs[e][0], 8) for e in (0, 4, 5, 9, 10, 15, 24)] == \
         [0.01, 0.01, 0.001, 0.001, 0.0001, 0.00001, 0.00001]
+    # every group keeps its multiplier (official groups: x2 biases, x5 / x10 new_fc)
+    assert [round(lr / lrs[e][0], 6) for e in (0, 15) for lr in lrs[e]] == [1, 2, 1, 2, 1, 1, 1, 5, 10] * 2
+    resumed = build_scheduler(cfg, opt)
+    resumed.load_state_dict(sched.state_dict())
+    assert resumed.last_epoch == 25
 
 
 def test_cli_rejects_bad_config_before_work(tmp_path):
@@ -144,7 +163,7 @@ def test_kill9_mid_epoch_then_resume_equals_uninterrupted(shards, tmp_path):
 def test_resume_refuses_changed_config(shards, tmp_path):
     run = tmp_path / "r"
     run.mkdir()
-    (run / "config.json").write_text(json.dumps(T.make_config({"dataset": "jester", "data": str(shards)}).to_json()))
+    (run / "config.json").write_text(json.dumps(make_config({"dataset": "jester", "data": str(shards)}).to_json()))
     r = subprocess.run(_train_cmd(shards, run, "--resume"), capture_output=True, text=True, env=_env(), timeout=120)
     assert r.returncode == 2 and "these options differ" in r.stderr
 
@@ -164,14 +183,14 @@ def test_decode_on_device_trains_on_the_same_batches(shards, tmp_path):
     assert weights["workers"].keys() == weights["device"].keys()
     for k, v in weights["workers"].items():  # same pixels in the same memory layout: the same float rounding
         assert torch.equal(v, weights["device"][k]), k
-    with pytest.raises(T.ConfigError, match="torch-backend option"):
-        T.make_config({"dataset": "jester", "data": str(shards), "backend": "dali", "decode_on": "device"})
+    with pytest.raises(ConfigError, match="torch-backend option"):
+        make_config({"dataset": "jester", "data": str(shards), "backend": "dali", "decode_on": "device"})
 
 
 # -------------------------------------------------------------------------------------------------- failures
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(shards, tmp_path, monkeypatch):
     run = tmp_path / "nan"
-    cfg = T.make_config({"dataset": "jester", "data": str(shards), "run_dir": str(run), "device": "cpu",
+    cfg = make_config({"dataset": "jester", "data": str(shards), "run_dir": str(run), "device": "cpu",
                          "arch": "resnet18", "num_segments": 4, "size": 64, "epochs": 3, "batch_size": 2,
                          "workers": 0, "log_interval": 1, "ceiling_steps": 0, "eval_every": 0})
     real = T.build_model_for
@@ -187,7 +206,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(shards, tmp_path, monkeyp
         return model
 
     monkeypatch.setattr(T, "build_model_for", poisoned)
-    with pytest.raises(T.TrainingError, match=r"loss is nan at epoch 2 step 2.*last\.pt"):
+    with pytest.raises(TrainingError, match=r"loss is nan at epoch 2 step 2.*last\.pt"):
         T.run_training(cfg, resume=False)
     ck = torch.load(run / "last.pt", map_location="cpu", weights_only=True)
     assert ck["epoch"] == 1 and ck["step_in_epoch"] == 0
@@ -196,13 +215,13 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(shards, tmp_path, monkeyp
 
 def test_checkpoint_disk_full_keeps_previous(tmp_path, monkeypatch):
     path = tmp_path / "last.pt"
-    T.atomic_torch_save({"a": torch.ones(3)}, path)
+    C.save_atomic({"a": torch.ones(3)}, path)
 
     def full(*a, **k):
         raise OSError(28, "No space left on device")
     monkeypatch.setattr(torch, "save", full)
-    with pytest.raises(T.TrainingError, match="no space left"):
-        T.atomic_torch_save({"a": torch.zeros(3)}, path)
+    with pytest.raises(TrainingError, match="no space left"):
+        C.save_atomic({"a": torch.zeros(3)}, path)
     assert torch.equal(torch.load(path, weights_only=True)["a"], torch.ones(3))
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
 
@@ -230,3 +249,41 @@ def test_eval_released_checkpoint_in_official_naming(shards, tmp_path):
     r = subprocess.run(base + ["--checkpoint", str(tmp_path / "bad.pth")], capture_output=True, text=True,
                        env=_env(), timeout=300)
     assert r.returncode != 0 and "Traceback" not in r.stderr and "bad.pth" in r.stderr
+
+
+# -------------------------------------------------------------------------------------------------- validate
+def _validate(*args):
+    return subprocess.run([sys.executable, str(ROOT / "train.py"), "validate", "--dataset", "jester", *args],
+                          capture_output=True, text=True, env=_env(), timeout=120)
+
+
+def test_validate_checks_data_backend_and_world_before_any_process(shards, tmp_path, monkeypatch):
+    from trainer import data
+
+    r = _validate("--data", str(tmp_path / "none"))  # no converted shards: one line naming the manifest and the fix
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 'none' / 'manifest.json'}: manifest not found (run tools/convert_dataset.py first, or "
+        "check --data); `make convert DATASET=jester` writes it"]
+    r = _validate("--data", str(shards), "--batch-size", "4", "--nproc", "3")
+    assert r.returncode == 2 and r.stderr.strip() == "error: --batch-size 4 is global and must divide evenly over 3 ranks"
+    r = _validate("--data", str(shards), "--batch-size", "4", "--nproc", "2")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["batch_size"] == 4
+    cfg = make_config({"dataset": "jester", "data": str(shards), "batch_size": "32", "backend": "dali"})
+    monkeypatch.setitem(data.BACKEND_PACKAGES, "dali", "no_such_package_here")
+    assert data.check(cfg, 1) == [
+        "--backend dali needs the package 'no_such_package_here', which is not installed: pip install '.[dali]'",
+        f"{shards}: the train split has 16 clips, fewer than one global batch of 32; lower --batch-size"]
+
+
+def test_make_train_without_shards_is_one_line_before_torchrun(tmp_path):
+    # STAMP= : the venv is the one running this test (make would otherwise check its install stamp)
+    r = subprocess.run(["make", "--no-print-directory", "train", "STAMP=", f"PY={sys.executable}", "DATASET=jester",
+                        f"DATA={tmp_path / 'none'}", f"RUN={tmp_path / 'run'}"], cwd=ROOT, capture_output=True,
+                       text=True, env=_env(), timeout=120)
+    assert r.returncode != 0
+    assert "torchrun" not in r.stdout and "Traceback" not in r.stderr  # stopped at validate: torchrun never ran
+    errors = [x for x in r.stderr.splitlines() if x.startswith("error:")]
+    assert len(errors) == 1 and "manifest not found" in errors[0], r.stderr
+    assert not (tmp_path / "run").exists()

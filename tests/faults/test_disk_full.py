@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import train as T
+from trainer.checkpoint import save_atomic
+from trainer.errors import TrainingError
 
 pytestmark = pytest.mark.faults
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,10 +49,10 @@ def test_checkpoint_write_disk_full_keeps_previous(tmp_path, record):
     with tmpfs(tmp_path, "1m") as d:
         path = d / "last.pt"
         small = {"w": torch.arange(1000, dtype=torch.float32)}
-        T.atomic_torch_save(small, path)
+        save_atomic(small, path)
         for big in (300_000, 600_000):  # > 1 MiB of float32 each: ENOSPC mid-write
-            with pytest.raises(T.TrainingError, match="no space left"):
-                T.atomic_torch_save({"w": torch.zeros(big)}, path)
+            with pytest.raises(TrainingError, match="no space left"):
+                save_atomic({"w": torch.zeros(big)}, path)
             assert torch.equal(torch.load(path, weights_only=True)["w"], small["w"])
             assert sorted(p.name for p in d.iterdir()) == ["last.pt"]  # the temp file is gone
             n += 1

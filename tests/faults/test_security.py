@@ -22,13 +22,15 @@ from pathlib import Path
 import pytest
 import torch
 
-import train as T
 from action import build_model, load_checkpoint
 from action.errors import CheckpointError
 from pipelines import reader
 from pipelines.convert import convert_dataset
 from pipelines.errors import AnnotationError, FrameError, ShardError
 from pipelines.reader import ShardDataset
+from trainer import checkpoint as C
+from trainer.config import make_config
+from trainer.errors import TrainingError
 
 pytestmark = pytest.mark.faults
 ROOT = Path(__file__).resolve().parents[2]
@@ -181,7 +183,7 @@ def _evil(path: Path, marker: Path, layout: str) -> None:
     if layout == "state_dict":
         obj = {"state_dict": {"new_fc.weight": torch.zeros(1)}, "x": payload}
     elif layout == "run":
-        obj = {"format": T.CKPT_FORMAT, "model": {}, "hook": payload}
+        obj = {"format": C.CKPT_FORMAT, "model": {}, "hook": payload}
     else:
         obj = payload
     torch.save(obj, path)
@@ -196,14 +198,14 @@ def test_pickle_payload_checkpoints_are_refused(tmp_path, record):
         _evil(ck, marker, layout)
         with pytest.raises(CheckpointError, match="refusing to unpickle"):
             load_checkpoint(model, ck)
-        with pytest.raises(T.TrainingError, match="refusing to load"):
-            T.load_run_checkpoint(ck)
+        with pytest.raises(TrainingError, match="refusing to load"):
+            C.load_run_checkpoint(ck)
         n += 2
     # the CLI: train --resume with a planted last.pt, and eval --checkpoint: one line, no traceback
     run = tmp_path / "run"
     run.mkdir()
     _evil(run / "last.pt", marker, "run")
-    (run / "config.json").write_text(json.dumps(T.make_config(
+    (run / "config.json").write_text(json.dumps(make_config(
         {"dataset": "jester", "data": "", "run_dir": str(run), "device": "cpu",
          "arch": "resnet18", "num_segments": 2, "size": 64, "num_classes": 5, "synthetic": True}).to_json()))
     r = subprocess.run([sys.executable, str(ROOT / "train.py"), "train", "--run-dir", str(run), "--resume"],
@@ -228,26 +230,26 @@ def test_checkpoint_paths_stay_in_the_run_dir(tmp_path, record):
     n = 0
     # 1. last.pt planted as a symlink out of the run dir: loading refuses, saving replaces the link only
     (run / "last.pt").symlink_to(victim)
-    with pytest.raises(T.TrainingError, match="outside the run directory"):
-        T.load_run_checkpoint(run / "last.pt")
-    T.atomic_torch_save({"a": torch.ones(2)}, run / "last.pt")
+    with pytest.raises(TrainingError, match="outside the run directory"):
+        C.load_run_checkpoint(run / "last.pt")
+    C.save_atomic({"a": torch.ones(2)}, run / "last.pt")
     assert victim.read_text() == "precious" and not (run / "last.pt").is_symlink()
     n += 2
     # 2. the temporary name planted as a symlink: never written through
     tmp = run / f".best.pt.tmp-{os.getpid()}"
     tmp.symlink_to(victim)
-    T.atomic_torch_save({"a": torch.ones(2)}, run / "best.pt")
+    C.save_atomic({"a": torch.ones(2)}, run / "best.pt")
     assert victim.read_text() == "precious"
     n += 1
     # 3. eval without --checkpoint picks RUN/best.pt: a symlink out of the run is refused
     (run / "best.pt").unlink()
     (run / "best.pt").symlink_to(victim)
-    with pytest.raises(T.TrainingError, match="outside the run directory"):
-        T.check_in_run(run / "best.pt")
+    with pytest.raises(TrainingError, match="outside the run directory"):
+        C.check_in_run(run / "best.pt")
     # a symlink inside the run dir is fine
     (run / "best.pt").unlink()
     (run / "best.pt").symlink_to(run / "last.pt")
-    assert T.check_in_run(run / "best.pt") == run / "best.pt"
+    assert C.check_in_run(run / "best.pt") == run / "best.pt"
     n += 2
     record("checkpoint paths: last.pt/best.pt/temp name symlinked out of the run directory", n,
            f"{n}/{n}: loads refused with a clear message; saves replace the link and never write through it",
@@ -269,7 +271,8 @@ _FORBIDDEN = [
 def test_no_code_runs_from_data_files(record):
     """Static check of the product's code: every torch.load passes weights_only=True, and nothing unpickles,
     evals or execs what it reads (manifests/configs are JSON/TOML, annotations CSV/JSON)."""
-    files = [ROOT / "train.py", *sorted((ROOT / "pipelines").rglob("*.py")), *sorted((ROOT / "action").rglob("*.py")),
+    files = [ROOT / "train.py", *sorted((ROOT / "trainer").rglob("*.py")), *sorted((ROOT / "pipelines").rglob("*.py")),
+             *sorted((ROOT / "action").rglob("*.py")),
              *sorted((ROOT / "tools").glob("*.py"))]
     loads = 0
     for f in files:
@@ -280,6 +283,6 @@ def test_no_code_runs_from_data_files(record):
             call = text[m.start():text.find(")", m.end()) + 1]
             assert "weights_only=True" in call, f"{f.relative_to(ROOT)}: {call}"
             loads += 1
-    record("code paths that could run code from data files (static scan of train.py, pipelines/, action/, tools/)",
+    record("code paths that could run code from data files (static scan of train.py, trainer/, pipelines/, action/, tools/)",
            len(files), f"{len(files)} files: every torch.load ({loads}) has weights_only=True; no pickle/marshal/"
            "shelve/yaml.load, eval, exec or allow_pickle", area="security")

@@ -1,0 +1,203 @@
+"""One training epoch, exact evaluation, and the synthetic-data ceiling.
+
+No host sync per step: the loss is accumulated on the device and reduced over the ranks every
+``cfg.log_interval`` steps (and at epoch end / step checkpoints) -- the only place a step waits for the device.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from trainer.config import Config
+from trainer.dist import DistInfo, all_reduce_sum
+from trainer.errors import TrainingError
+from trainer.model import autocast, base_lr
+
+
+@dataclass
+class Parts:
+    """What a train step touches: ``fwd`` (DDP-wrapped and/or compiled), ``core`` (the bare module)."""
+
+    fwd: Any
+    core: Any
+    optimizer: Any
+    scaler: Any
+    to_input: Callable
+
+
+@dataclass
+class Progress:
+    """Where the run is: the epoch, the next step in it, the global step; steps/s of each log interval."""
+
+    epoch: int = 0
+    step_in_epoch: int = 0
+    global_step: int = 0
+    best: float = -1.0
+    rates: list = field(default_factory=list)
+
+
+def _gpu_mem_gb(info: DistInfo) -> float:
+    if info.device.type != "cuda":
+        return 0.0
+    import torch
+    return torch.cuda.max_memory_allocated(info.device) / 2**30
+
+
+def train_one_epoch(p: Parts, loader, cfg: Config, info: DistInfo, prog: Progress, *, steps: int, metrics,
+                    save: Callable[[], None], recorder=None, where: str = "") -> dict:
+    """Steps ``prog.step_in_epoch..steps-1`` of ``prog.epoch`` (``loader`` already starts at that batch);
+    ``save()`` writes a step checkpoint every ``cfg.ckpt_every`` global steps. The epoch's summary record."""
+    import torch
+    import torch.nn.functional as F
+
+    first, epoch = prog.step_in_epoch, prog.epoch
+    bar = None
+    if info.main:
+        from tqdm import tqdm
+        bar = tqdm(total=steps, initial=first, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step",
+                   dynamic_ncols=True, leave=False, disable=None)
+    rng = torch.get_rng_state()
+    it = iter(loader)
+    torch.set_rng_state(rng)  # dropout's stream must not depend on whatever a backend's iterator draws from it
+    loss_acc = torch.zeros((), device=info.device)
+    n_acc, wait, epoch_loss, epoch_n, epoch_wait, epoch_busy, clips_epoch = 0, 0.0, 0.0, 0, 0.0, 0.0, 0
+    t_int = t_epoch = time.perf_counter()
+    for step_in_epoch in range(first, steps):
+        t0 = time.perf_counter()
+        clips, labels = next(it)
+        wait += time.perf_counter() - t0
+        labels = labels.to(info.device, non_blocking=True)
+        with autocast(cfg, info):
+            loss = F.cross_entropy(p.fwd(p.to_input(clips)), labels)
+        p.optimizer.zero_grad(set_to_none=True)
+        p.scaler.scale(loss).backward()
+        if cfg.clip_grad > 0:
+            p.scaler.unscale_(p.optimizer)
+            torch.nn.utils.clip_grad_norm_(p.core.parameters(), cfg.clip_grad)
+        p.scaler.step(p.optimizer)
+        p.scaler.update()
+        loss_acc += loss.detach().float()
+        n_acc += 1
+        prog.global_step += 1
+        prog.step_in_epoch = step_in_epoch + 1
+        if recorder is not None:
+            recorder.record(epoch, step_in_epoch, prog.global_step)
+        if bar is not None:
+            bar.update(1)
+        end = step_in_epoch + 1 == steps
+        ckpt = cfg.ckpt_every and prog.global_step % cfg.ckpt_every == 0
+        if n_acc == cfg.log_interval or end or ckpt:
+            stats = torch.stack([loss_acc, torch.tensor(float(n_acc), device=info.device)])
+            all_reduce_sum(stats, info.world)  # the one host sync per interval
+            mean_loss = (stats[0] / stats[1]).item()
+            if not math.isfinite(mean_loss):
+                raise TrainingError(f"loss is {mean_loss} at epoch {epoch + 1} step {step_in_epoch + 1}: the run "
+                                    f"diverged; the last good checkpoint is {where} — lower --lr or "
+                                    f"check the data, then --resume")
+            dt = time.perf_counter() - t_int
+            rate = n_acc * cfg.batch_size / dt
+            prog.rates.append(rate)
+            epoch_loss += mean_loss * n_acc
+            epoch_n += n_acc
+            epoch_wait += wait
+            epoch_busy += dt
+            clips_epoch += n_acc * cfg.batch_size
+            metrics.write({"kind": "train", "epoch": epoch, "step": prog.global_step, "loss": mean_loss,
+                           "lr": base_lr(p.optimizer), "clips_per_s": rate, "data_wait": wait / dt,
+                           "gpu_mem_gb": _gpu_mem_gb(info)}, prog.global_step)
+            if bar is not None:
+                bar.set_postfix(loss=f"{mean_loss:.3f}", clips_s=f"{rate:.1f}", wait=f"{wait / dt:.0%}")
+            if recorder is not None:
+                recorder.flush()
+            loss_acc.zero_()
+            n_acc, wait, t_int = 0, 0.0, time.perf_counter()
+            if ckpt and not end:
+                save()
+    if bar is not None:
+        bar.close()
+    epoch_time = time.perf_counter() - t_epoch
+    return {"kind": "epoch", "epoch": epoch, "step": prog.global_step, "train_loss": epoch_loss / max(epoch_n, 1),
+            "clips_per_s": clips_epoch / epoch_time, "data_wait": epoch_wait / max(epoch_busy, 1e-9),
+            "lr": base_lr(p.optimizer)}
+
+
+def evaluate(model, loader, cfg: Config, info: DistInfo, to_input: Callable) -> dict:
+    """Top-1/top-5 over the loader, exact under DDP (sum-reduced counts, every clip once). Test batches are
+    (B, V, T, 3, H, W): softmax per view, averaged over views (the original multi-clip x multi-crop test)."""
+    import torch
+    import torch.nn.functional as F
+
+    model.eval()
+    counts = torch.zeros(4, dtype=torch.float64, device=info.device)  # top1, top5, loss_sum, n
+    num_classes = model.new_fc.out_features
+    per_class = torch.zeros(2, num_classes, dtype=torch.float64, device=info.device)  # top-1 hits, clips per class
+    with torch.no_grad(), autocast(cfg, info):
+        for clips, labels in loader:
+            labels = labels.to(info.device, non_blocking=True)
+            x = to_input(clips)
+            if x.dim() == 6:
+                b, v = x.shape[:2]
+                logits = model(x.flatten(0, 1)).float()
+                scores = logits.softmax(-1).view(b, v, -1).mean(1)
+                loss = F.nll_loss(scores.clamp_min(1e-12).log(), labels, reduction="sum")
+            else:
+                logits = model(x).float()
+                scores = logits
+                loss = F.cross_entropy(logits, labels, reduction="sum")
+            top5 = scores.topk(min(5, scores.shape[1]), dim=1).indices
+            hit = top5 == labels[:, None]
+            # no host syncs per batch: no host->device tensors, no boolean indexing (its size needs the host)
+            counts += torch.stack([hit[:, 0].sum().double(), hit.any(1).sum().double(), loss.double(),
+                                   torch.full((), float(len(labels)), device=info.device, dtype=torch.float64)])
+            known = (labels >= 0).double()  # hidden test labels are -1: counted nowhere per class
+            cls = labels.clamp_min(0)
+            per_class[0].index_add_(0, cls, hit[:, 0].double() * known)
+            per_class[1].index_add_(0, cls, known)
+    all_reduce_sum(counts, info.world)
+    all_reduce_sum(per_class, info.world)
+    top1, top5, loss_sum, n = counts.tolist()
+    model.train()
+    if n == 0:
+        return {"top1": float("nan"), "top5": float("nan"), "loss": float("nan"), "clips": 0, "per_class": {}}
+    hits, seen = per_class.tolist()
+    per = {str(c): 100.0 * h / k for c, (h, k) in enumerate(zip(hits, seen)) if k > 0}
+    return {"top1": 100.0 * top1 / n, "top5": 100.0 * top5 / n, "loss": loss_sum / n, "clips": int(n),
+            "per_class": per}
+
+
+def _sync(info: DistInfo) -> None:
+    if info.device.type == "cuda":
+        import torch
+        torch.cuda.synchronize(info.device)
+
+
+def measure_synthetic_rate(p: Parts, data, cfg: Config, info: DistInfo, steps: int) -> float:
+    """Steps/s of the same (DDP) model on ``data`` (synthetic on-device batches, ``steps + 1`` of them; the
+    first warms up); model, optimiser and RNG are restored afterwards."""
+    import torch
+    import torch.nn.functional as F
+
+    if steps <= 0:
+        return float("nan")
+    snap_model = copy.deepcopy(p.fwd.state_dict())
+    snap_opt = copy.deepcopy(p.optimizer.state_dict())
+    rng = torch.get_rng_state()
+    t0 = None
+    for i, (clips, labels) in enumerate(data):
+        if i == 1:
+            _sync(info)
+            t0 = time.perf_counter()
+        with autocast(cfg, info):
+            loss = F.cross_entropy(p.fwd(p.to_input(clips)), labels)
+        p.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        p.optimizer.step()
+    _sync(info)
+    rate = steps / (time.perf_counter() - t0)
+    p.fwd.load_state_dict(snap_model)
+    p.optimizer.load_state_dict(snap_opt)
+    torch.set_rng_state(rng)
+    return rate
