@@ -24,7 +24,9 @@
     broadcast add and one multiply instead of six full-size passes and two sums.
 
   The parameters stay ordinary ``Conv1d``/``Conv2d``/``Conv3d``/``BatchNorm2d`` submodules (same shapes,
-  same initialisation as the official code); only the forward uses their weights differently.
+  same initialisation as the official code); only the forward uses their weights differently. On CUDA the
+  big-tensor work runs as fused Triton kernels instead (:mod:`action.fused_action`, chosen by
+  :data:`ACTION_IMPL`); both paths share the gate maths (:meth:`Action._gates`).
 
 * :class:`TemporalShift` — plain TSM shift (fixed, not learnable, 1/``shift_div`` of the channels each way).
 
@@ -86,6 +88,29 @@ def _shift_nograd(x5: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 # "fused" = the Functions everywhere; "reference" = TSM through slice assignments and ACTION's channels_last
 #     shift as the depthwise (3, 1) convolution -- the formulations the Functions replaced.
 SHIFT_IMPL = "auto"
+
+# Which ACTION block runs (read at forward time; the explicit switch for training, benchmarks and tests):
+# "auto" (default) = the fused Triton kernels of action/fused_action.py on CUDA tensors when triton imports, the
+#     torch path of this module otherwise; "triton" = the Triton kernels on any device (CPU tensors need
+#     TRITON_INTERPRET=1: tests); "torch" = this module's path. Under torch.compile the torch path always runs
+#     (the kernels' autograd Functions are eager-only; inductor fuses the torch path itself).
+ACTION_IMPL = "auto"
+
+
+def _use_triton(x: torch.Tensor) -> bool:
+    if ACTION_IMPL == "torch":
+        return False
+    if ACTION_IMPL not in ("auto", "triton"):
+        raise ValueError(f"action.temporal.ACTION_IMPL must be 'auto', 'triton' or 'torch', not {ACTION_IMPL!r}")
+    if torch.compiler.is_compiling():  # the kernels' Functions are eager-only
+        return False
+    if ACTION_IMPL == "triton":
+        return True
+    if not x.is_cuda:
+        return False
+    from action import fused_action
+
+    return fused_action.available()
 
 _SMALL_FRAME = 100  # frames with fewer pixels use mkldnn's 1×1 conv for the squeeze GEMM (measured on CPU)
 
@@ -278,6 +303,10 @@ class Action(nn.Module):
         r = self.reduced_channels
         if n * t != nt:
             raise ValueError(f"ACTION: batch dimension {nt} is not a multiple of n_segment={t}")
+        if _use_triton(x):
+            from action import fused_action
+
+            return self.net(fused_action.gated_input(self, x, n, t))
         channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
         fmt = torch.channels_last if channels_last else torch.contiguous_format
 
@@ -301,6 +330,19 @@ class Action(nn.Module):
             xs, y, pooled = _ShiftSqueezePool.apply(x, self.action_shift.weight, wq, n, t)
         m = self.action_p3_bn1(y[:, :r])
         s = y[:, r].contiguous()  # (N·T, H, W) channel mean of xs (contiguous: conv3d needs it to be fast)
+        gate, s1 = self._gates(m, s, pooled, n, t, h, w)
+        out = xs * (gate.view(nt, c, 1, 1) + s1)
+        if channels_last:
+            out = out.contiguous(memory_format=fmt)
+        return self.net(out)
+
+    def _gates(self, m: torch.Tensor, s: torch.Tensor, pooled: torch.Tensor, n: int, t: int, h: int,
+               w: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The three excitations from the squeezed tensors of the shifted input ``xs``: ``m`` (N·T, r, H, W)
+        the batch-normed p3 squeeze, ``s`` (N·T or N, [T,] H, W) its channel mean, ``pooled`` (N·T, C) its
+        spatial means. Returns ``gate = 3 + σ_ce + σ_me`` (N·T, C) and ``s1 = σ_ste`` (N·T, 1, H, W); the
+        module's output is ``net(xs · (gate + s1))``. Shared by the torch and the Triton paths."""
+        nt, c, r = n * t, self.in_channels, self.reduced_channels
 
         # p1: spatio-temporal gate (N·T, 1, H, W)
         s = s.reshape(n, t, h, w).unsqueeze(1)
@@ -323,11 +365,7 @@ class Action(nn.Module):
         d = F.pad(pd[:, 1:] - pm[:, :-1], (0, 0, 0, 1))
         g3 = torch.sigmoid(F.linear(d.reshape(nt, r), self.action_p3_expand.weight.view(c, r)))
 
-        gate = (g2 + g3 + 3.0).view(nt, c, 1, 1)
-        out = xs * (gate + s1)
-        if channels_last:
-            out = out.contiguous(memory_format=fmt)
-        return self.net(out)
+        return g2 + g3 + 3.0, s1
 
 
 class TemporalShift(nn.Module):

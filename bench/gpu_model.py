@@ -1,4 +1,5 @@
-"""Model-bound training rate on a GPU: TSN (no temporal module) vs TSM vs ACTION, eager and torch.compile.
+"""Model-bound training rate on a GPU: TSN (no temporal module) vs TSM vs ACTION -- ACTION's torch path, its
+fused Triton kernels (action/fused_action.py) and torch.compile -- interleaved in one process.
 
     python bench/gpu_model.py --arch resnet50 --batch-size 32 --json bench/results/gpu/gpu_model.json
 
@@ -6,6 +7,8 @@ One training step = bf16 autocast forward, cross-entropy, backward, SGD step, ch
 on the device (what ``train.py --synthetic`` measures). Each variant: warm-up steps (compile included), then
 timed steps between two ``torch.cuda.synchronize()``. Variants run one after another in one process; the
 ``--rounds`` loop interleaves them so clock or thermal drift hits all alike, and the best round is reported.
+Before timing, one forward of a small batch checks the fused ACTION path against the torch path on this GPU:
+the logits of both, fp32 and bf16, relative to the fp32 torch path (the JSON's ``fused_check``).
 Needs a CUDA device (it is a GPU benchmark; on CPU use ``make bench-model``).
 """
 from __future__ import annotations
@@ -23,22 +26,67 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
+SHIFT_IMPLS = ("auto", "fused", "reference")  # action.temporal.SHIFT_IMPL
+ACTION_IMPLS = ("triton", "torch")  # action.temporal.ACTION_IMPL
+
+
 def parse_variant(name: str) -> tuple[str, str, bool]:
-    """``temporal[@impl][+compile]`` -> (temporal, shift implementation, compile)."""
+    """``temporal[@impl][+compile]`` -> (temporal, implementation, compile)."""
     head, _, opt = name.partition("+")
     temporal, _, impl = head.partition("@")
-    return temporal, impl or "auto", opt == "compile"
+    impl = impl or "auto"
+    if impl not in SHIFT_IMPLS + ACTION_IMPLS:
+        raise ValueError(f"unknown implementation {impl!r} in variant {name!r}; "
+                         f"choose one of {', '.join(SHIFT_IMPLS + ACTION_IMPLS)}")
+    return temporal, impl, opt == "compile"
 
 
-def make_step(temporal: str, *, arch: str, segments: int, size: int, batch: int, compile_: bool):
+def set_impl(impl: str) -> None:
+    """'@triton' / '@torch' pick ACTION's implementation (the shifts stay "auto"); '@reference' / '@fused' pick
+    the shifts' and run ACTION's torch path (where its shift lives); 'auto' leaves both at their defaults."""
+    import action.temporal as AT
+
+    AT.SHIFT_IMPL = impl if impl in SHIFT_IMPLS else "auto"
+    AT.ACTION_IMPL = impl if impl in ACTION_IMPLS else ("auto" if impl == "auto" else "torch")
+
+
+def fused_check(arch: str, segments: int, size: int, batch: int = 2) -> dict:
+    """Logits of the fused ACTION path and of the torch path, fp32 and bf16 autocast, each against the fp32 torch
+    path on this GPU (same weights and input, train-mode BN): ``max|a - ref| / max|ref|`` per pair."""
     import torch
-    import torch.nn.functional as F
 
     from action import build_model
 
     torch.manual_seed(0)
+    model = build_model(arch=arch, num_classes=174, num_segments=segments, temporal="action", dropout=0.0)
+    model = model.cuda().to(memory_format=torch.channels_last)
+    x = torch.randn(batch, segments, 3, size, size, device="cuda")
+    logits = {}
+    for bf16 in (False, True):
+        for impl in ("torch", "triton"):
+            set_impl(impl)
+            with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+                logits[f"{impl}_{'bf16' if bf16 else 'fp32'}"] = model(x).float()
+    set_impl("auto")
+    ref = logits.pop("torch_fp32")
+    return {f"{k}_vs_torch_fp32": ((v - ref).abs().max() / ref.abs().max()).item() for k, v in logits.items()}
+
+
+def make_step(temporal: str, *, arch: str, segments: int, size: int, batch: int, compile_: bool,
+              impl: str = "auto"):
+    import torch
+    import torch.nn.functional as F
+
+    from action import build_model
+    from action.temporal import Action
+
+    torch.manual_seed(0)
     model = build_model(arch=arch, num_classes=174, num_segments=segments, temporal=temporal, dropout=0.5)
     model = model.cuda().to(memory_format=torch.channels_last)
+    if compile_ and impl == "triton":  # the kernels run eagerly between compiled graphs (one break per block)
+        for m in model.modules():
+            if isinstance(m, Action):
+                m.forward = torch.compiler.disable(m.forward)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     fwd = torch.compile(model) if compile_ else model
     g = torch.Generator(device="cuda").manual_seed(0)
@@ -75,9 +123,14 @@ def main(argv=None) -> int:
     ap.add_argument("--segments", type=int, default=8)
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--variants", default="none,tsm,tsm@reference,action,action@reference,action+compile",
-                    help="comma-separated temporal modules (none, tsm, action); '@reference' runs the shift the "
-                         "way the official code does (action.temporal.SHIFT_IMPL), '+compile' torch.compile")
+    ap.add_argument("--variants", default="none,tsm,action@torch,action@triton,action+compile",
+                    help="comma-separated temporal modules (none, tsm, action) with an optional '@impl' and "
+                         "'+compile' (torch.compile). ACTION's implementation (action.temporal.ACTION_IMPL): "
+                         "'@torch' the torch path, '@triton' the fused Triton kernels (the CUDA default, so plain "
+                         "'action' is the same; 'action+compile' compiles the torch path, 'action@triton+compile' "
+                         "runs the kernels eagerly between compiled graphs). The shifts' implementation "
+                         "(SHIFT_IMPL): '@reference' the official formulations, '@fused' the autograd Functions")
+    ap.add_argument("--no-check", action="store_true", help="skip the fused-vs-torch logits check")
     ap.add_argument("--profile", default=None,
                     help="also profile one step of this variant and print its top CUDA kernels")
     ap.add_argument("--warmup", type=int, default=5)
@@ -88,20 +141,31 @@ def main(argv=None) -> int:
 
     import torch
 
-    import action.temporal as AT
-
     if not torch.cuda.is_available():
         ap.error("needs a CUDA device (use `make bench-model` on CPU)")
     torch.backends.cudnn.benchmark = True
     names = [v.strip() for v in args.variants.split(",") if v.strip()]
-    steps, failed = {}, {}
+    try:
+        for n in names:
+            parse_variant(n)
+    except ValueError as e:
+        ap.error(str(e))
+    check, failed = {}, {}
+    if not args.no_check and any(parse_variant(n)[0] == "action" for n in names):
+        try:
+            check = fused_check(args.arch, args.segments, args.size)
+            print("fused check: " + ", ".join(f"{k} {v:.2e}" for k, v in check.items()), flush=True)
+        except Exception as e:  # noqa: BLE001 - reported, the timings still run
+            failed["fused_check"] = f"{type(e).__name__}: {e}"[:2000]
+            print(f"fused check: FAILED ({failed['fused_check'][:300]})", flush=True)
+    steps = {}
     for name in names:
         temporal, impl, compile_ = parse_variant(name)
         t0 = time.perf_counter()
         try:
-            AT.SHIFT_IMPL = impl
+            set_impl(impl)
             steps[name] = make_step(temporal, arch=args.arch, segments=args.segments, size=args.size,
-                                    batch=args.batch_size, compile_=compile_)
+                                    batch=args.batch_size, compile_=compile_, impl=impl)
             time_steps(steps[name], args.warmup, 1)  # warm-up (and compile) outside the timed rounds
         except Exception as e:  # noqa: BLE001 - a benchmark reports a variant that cannot run and goes on
             steps.pop(name, None)
@@ -113,13 +177,13 @@ def main(argv=None) -> int:
     per_round = {n: [] for n in names}
     for _ in range(args.rounds):
         for n in names:
-            AT.SHIFT_IMPL = parse_variant(n)[1]
+            set_impl(parse_variant(n)[1])
             per_round[n].append(time_steps(steps[n], 2, args.steps))
     results = []
     base = min(per_round["none"]) if "none" in per_round else None
     for n in names:
         s = min(per_round[n])
-        r = {"variant": n, "step_ms": 1000 * s, "clips_per_s": args.batch_size / s,
+        r = {"variant": n, "impl": parse_variant(n)[1], "step_ms": 1000 * s, "clips_per_s": args.batch_size / s,
              "frames_per_s": args.batch_size * args.segments / s, "rounds_step_ms": [1000 * x for x in per_round[n]]}
         if base:
             r["step_vs_none"] = s / base
@@ -130,7 +194,7 @@ def main(argv=None) -> int:
     if args.profile and args.profile in steps:
         from torch.profiler import ProfilerActivity, profile
 
-        AT.SHIFT_IMPL = parse_variant(args.profile)[1]
+        set_impl(parse_variant(args.profile)[1])
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
             time_steps(steps[args.profile], 0, 2)
         table = prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=25, max_name_column_width=70)
@@ -138,8 +202,8 @@ def main(argv=None) -> int:
         for e in sorted(prof.key_averages(), key=lambda e: -getattr(e, "self_device_time_total", 0))[:40]:
             kernels.append({"name": e.key, "self_cuda_ms": getattr(e, "self_device_time_total", 0) / 1000 / 2,
                             "calls_per_step": e.count / 2})
-    AT.SHIFT_IMPL = "auto"
-    out = {"config": vars(args), "results": results, "failed": failed, "profile": kernels,
+    set_impl("auto")
+    out = {"config": vars(args), "results": results, "failed": failed, "fused_check": check, "profile": kernels,
            "machine": {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
                        "python": platform.python_version(), "cpus": os.cpu_count()}}
     if args.json:

@@ -1,0 +1,323 @@
+"""ACTION's shift + excitation paths as a few fused Triton kernels (the CUDA default; see ``ACTION_IMPL`` in
+:mod:`action.temporal`).
+
+The shift is linear, so nothing shift-sized is ever built for the squeezes: with ``xs[t] = w0·x[t-1] + w1·x[t]
++ w2·x[t+1]`` (per channel), ``W·xs[t] = (W⊙w0)·x[t-1] + (W⊙w1)·x[t] + (W⊙w2)·x[t+1]``, so one cuDNN 1×1 conv of
+``x`` with the 3·(r+1) rows ``W⊙w_k`` (W = the p3 squeeze plus a 1/C row for p1's channel mean) gives, after
+adding three time-shifted slices of an r-channel tensor, the motion squeeze ``y`` and the channel mean ``s``;
+p2's spatial means are the shifted spatial means of ``x``. The learnable shift's gradient through these rows is
+autograd's (the rows are built from the parameters with differentiable ops). Then:
+
+- ``_apply_fwd``: ``out = xs · (gate + s1)`` with ``xs`` formed on the fly from three frames of ``x``;
+- ``_apply_bwd_reduce``: one pass over ``g_out`` and ``x`` for the gate gradients (``Σ_p g·xs`` per channel,
+  ``Σ_c g·xs`` per pixel) and the shift taps' gradient (``Σ g·(gate + s1)·x[t+k-1]``);
+- ``_apply_bwd_input``: ``g_x`` = the time-mirrored shift of ``g·(gate + s1)`` + the pooled-mean gradient +
+  cuDNN's 1×1 conv data gradient, accumulated in place into the latter (one write of ``g_x``).
+
+The last kernel runs in the front Function's backward, which autograd always runs after the apply Function's
+(its outputs feed the gates); the apply backward hands its gradient over through a per-call ``_Link`` and
+returns no ``x`` gradient itself, so ``g_x`` is summed once instead of by autograd's accumulation passes.
+
+triton is imported on first use only (the product runs without it); on CPU tensors the kernels need
+``TRITON_INTERPRET=1`` set before that first use (the tests do that).
+"""
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+
+from action.errors import ModelError
+
+__all__ = ["available", "gated_input"]
+
+# (BLOCK_P, BLOCK_C, BLOCK_P of the reduction pass) on CUDA; small ones under the CPU interpreter so small
+# test shapes still cross block edges and masks
+GPU_BLOCKS = (64, 64, 32)
+CPU_BLOCKS = (16, 32, 16)
+
+
+@functools.lru_cache(maxsize=None)
+def available() -> bool:
+    """Whether triton imports here (the fused path's only extra requirement)."""
+    try:
+        import triton  # noqa: F401
+    except Exception:  # noqa: BLE001 - any failure to import means "use the torch path"
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=None)
+def _kernels():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def apply_fwd(x_ptr, out_ptr, w_ptr, gate_ptr, s1_ptr, C, P, T, sxf, sxc, sxp, sof, soc, sop,
+                  BP: tl.constexpr, BC: tl.constexpr):
+        f = tl.program_id(0)
+        t = f % T
+        op = tl.program_id(1) * BP + tl.arange(0, BP)
+        oc = tl.program_id(2) * BC + tl.arange(0, BC)
+        mp = op < P
+        mc = oc < C
+        m = mp[:, None] & mc[None, :]
+        f64 = f.to(tl.int64)
+        xo = f64 * sxf + op[:, None] * sxp + oc[None, :] * sxc
+        x1 = tl.load(x_ptr + xo, mask=m, other=0.0).to(tl.float32)
+        x0 = tl.load(x_ptr + xo - sxf, mask=m & (t > 0), other=0.0).to(tl.float32)
+        x2 = tl.load(x_ptr + xo + sxf, mask=m & (t < T - 1), other=0.0).to(tl.float32)
+        w0 = tl.load(w_ptr + oc * 3, mask=mc, other=0.0)
+        w1 = tl.load(w_ptr + oc * 3 + 1, mask=mc, other=0.0)
+        w2 = tl.load(w_ptr + oc * 3 + 2, mask=mc, other=0.0)
+        gate = tl.load(gate_ptr + f64 * C + oc, mask=mc, other=0.0).to(tl.float32)
+        s1 = tl.load(s1_ptr + f64 * P + op, mask=mp, other=0.0).to(tl.float32)
+        xs = w0[None, :] * x0 + w1[None, :] * x1 + w2[None, :] * x2
+        out = xs * (gate[None, :] + s1[:, None])
+        oo = f64 * sof + op[:, None] * sop + oc[None, :] * soc
+        tl.store(out_ptr + oo, out.to(out_ptr.dtype.element_ty), mask=m)
+
+    @triton.jit
+    def apply_bwd_reduce(g_ptr, x_ptr, w_ptr, gate_ptr, s1_ptr, dgate_ptr, ds1_ptr, dw_ptr, C, P, T, NCB,
+                         sgf, sgc, sgp, sxf, sxc, sxp, BP: tl.constexpr, BC: tl.constexpr):
+        f = tl.program_id(0)
+        cb = tl.program_id(1)
+        t = f % T
+        f64 = f.to(tl.int64)
+        oc = cb * BC + tl.arange(0, BC)
+        mc = oc < C
+        w0 = tl.load(w_ptr + oc * 3, mask=mc, other=0.0)
+        w1 = tl.load(w_ptr + oc * 3 + 1, mask=mc, other=0.0)
+        w2 = tl.load(w_ptr + oc * 3 + 2, mask=mc, other=0.0)
+        gate = tl.load(gate_ptr + f64 * C + oc, mask=mc, other=0.0).to(tl.float32)
+        acc_g = tl.zeros([BC], dtype=tl.float32)
+        acc0 = tl.zeros([BC], dtype=tl.float32)
+        acc1 = tl.zeros([BC], dtype=tl.float32)
+        acc2 = tl.zeros([BC], dtype=tl.float32)
+        for p0 in range(0, P, BP):
+            op = p0 + tl.arange(0, BP)
+            mp = op < P
+            m = mp[:, None] & mc[None, :]
+            g = tl.load(g_ptr + f64 * sgf + op[:, None] * sgp + oc[None, :] * sgc, mask=m, other=0.0)
+            g = g.to(tl.float32)
+            xo = f64 * sxf + op[:, None] * sxp + oc[None, :] * sxc
+            x1 = tl.load(x_ptr + xo, mask=m, other=0.0).to(tl.float32)
+            x0 = tl.load(x_ptr + xo - sxf, mask=m & (t > 0), other=0.0).to(tl.float32)
+            x2 = tl.load(x_ptr + xo + sxf, mask=m & (t < T - 1), other=0.0).to(tl.float32)
+            s1 = tl.load(s1_ptr + f64 * P + op, mask=mp, other=0.0).to(tl.float32)
+            gxs = g * (w0[None, :] * x0 + w1[None, :] * x1 + w2[None, :] * x2)
+            acc_g += tl.sum(gxs, axis=0)
+            tl.store(ds1_ptr + (f64 * NCB + cb) * P + op, tl.sum(gxs, axis=1), mask=mp)
+            ga = g * (gate[None, :] + s1[:, None])
+            acc0 += tl.sum(ga * x0, axis=0)
+            acc1 += tl.sum(ga * x1, axis=0)
+            acc2 += tl.sum(ga * x2, axis=0)
+        tl.store(dgate_ptr + f64 * C + oc, acc_g, mask=mc)
+        tl.store(dw_ptr + (f64 * 3) * C + oc, acc0, mask=mc)
+        tl.store(dw_ptr + (f64 * 3 + 1) * C + oc, acc1, mask=mc)
+        tl.store(dw_ptr + (f64 * 3 + 2) * C + oc, acc2, mask=mc)
+
+    @triton.jit
+    def apply_bwd_input(g_ptr, w_ptr, gate_ptr, s1_ptr, dpx_ptr, dx_ptr, C, P, T, inv_p,
+                        sgf, sgc, sgp, sdf, sdc, sdp, HAS_DX: tl.constexpr, HAS_DPX: tl.constexpr,
+                        BP: tl.constexpr, BC: tl.constexpr):
+        f = tl.program_id(0)
+        t = f % T
+        op = tl.program_id(1) * BP + tl.arange(0, BP)
+        oc = tl.program_id(2) * BC + tl.arange(0, BC)
+        mp = op < P
+        mc = oc < C
+        m = mp[:, None] & mc[None, :]
+        f64 = f.to(tl.int64)
+        w0 = tl.load(w_ptr + oc * 3, mask=mc, other=0.0)
+        w1 = tl.load(w_ptr + oc * 3 + 1, mask=mc, other=0.0)
+        w2 = tl.load(w_ptr + oc * 3 + 2, mask=mc, other=0.0)
+        go = f64 * sgf + op[:, None] * sgp + oc[None, :] * sgc
+        # g_x[t] = w1·ga[t] + w0·ga[t+1] + w2·ga[t-1], ga = g·(gate + s1) (the shift's transpose)
+        g1 = tl.load(g_ptr + go, mask=m, other=0.0).to(tl.float32)
+        a1 = (tl.load(gate_ptr + f64 * C + oc, mask=mc, other=0.0).to(tl.float32)[None, :]
+              + tl.load(s1_ptr + f64 * P + op, mask=mp, other=0.0).to(tl.float32)[:, None])
+        acc = w1[None, :] * g1 * a1
+        nxt = t < T - 1
+        g2 = tl.load(g_ptr + go + sgf, mask=m & nxt, other=0.0).to(tl.float32)
+        a2 = (tl.load(gate_ptr + (f64 + 1) * C + oc, mask=mc & nxt, other=0.0).to(tl.float32)[None, :]
+              + tl.load(s1_ptr + (f64 + 1) * P + op, mask=mp & nxt, other=0.0).to(tl.float32)[:, None])
+        acc += w0[None, :] * g2 * a2
+        prv = t > 0
+        g0 = tl.load(g_ptr + go - sgf, mask=m & prv, other=0.0).to(tl.float32)
+        a0 = (tl.load(gate_ptr + (f64 - 1) * C + oc, mask=mc & prv, other=0.0).to(tl.float32)[None, :]
+              + tl.load(s1_ptr + (f64 - 1) * P + op, mask=mp & prv, other=0.0).to(tl.float32)[:, None])
+        acc += w2[None, :] * g0 * a0
+        if HAS_DPX:
+            acc += tl.load(dpx_ptr + f64 * C + oc, mask=mc, other=0.0)[None, :] * inv_p
+        do = f64 * sdf + op[:, None] * sdp + oc[None, :] * sdc
+        if HAS_DX:
+            acc += tl.load(dx_ptr + do, mask=m, other=0.0).to(tl.float32)
+        tl.store(dx_ptr + do, acc.to(dx_ptr.dtype.element_ty), mask=m)
+
+    return triton, apply_fwd, apply_bwd_reduce, apply_bwd_input
+
+
+def _fcp(t: torch.Tensor) -> torch.Tensor:
+    """``t`` (F, C, H, W) as a tensor whose (F, C, H·W) strides exist (contiguous or channels_last); copies
+    only when it is neither."""
+    if t.stride(2) == t.shape[3] * t.stride(3) or t.shape[2] == 1:
+        return t
+    return t.contiguous()
+
+
+def _strides(t: torch.Tensor) -> tuple[int, int, int]:
+    return t.stride(0), t.stride(1), t.stride(3) if t.shape[3] > 1 else t.stride(2)
+
+
+def _blocks(x: torch.Tensor) -> tuple[int, int, int]:
+    return GPU_BLOCKS if x.is_cuda else CPU_BLOCKS
+
+
+class _Link:
+    """Hands the apply backward's output gradient to the front backward (autograd runs it later)."""
+
+    __slots__ = ("saved",)
+
+    def __init__(self) -> None:
+        self.saved = None
+
+    def pop(self):
+        saved, self.saved = self.saved, None
+        return saved
+
+
+class _Front(torch.autograd.Function):
+    """``z = conv1x1(x, w3)`` (cuDNN) and ``px = mean_hw(x)`` (fp32); backward: cuDNN's data and weight
+    gradients, then the apply path's ``x`` gradient and the pooled-mean gradient added in one kernel."""
+
+    @staticmethod
+    def forward(ctx, x, w3, link, t):  # noqa: D102
+        with torch.autocast(x.device.type, enabled=False):
+            z = F.conv2d(x, w3)
+            px = x.mean((2, 3), dtype=torch.float32)
+        ctx.save_for_backward(x, w3)
+        ctx.link, ctx.t = link, t
+        return z, px
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gz, gpx):  # noqa: D102
+        x, w3 = ctx.saved_tensors
+        saved = ctx.link.pop()
+        need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        gx = gw = None
+        if gz is not None and (need_x or need_w):
+            gx, gw, _ = torch.ops.aten.convolution_backward(
+                gz.to(x.dtype), x, w3, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [need_x, need_w, False])
+        if not need_x:
+            return None, gw, None, None
+        nt, c, h, w = x.shape
+        if saved is None:  # the gated output got no gradient: the front's own terms only
+            gx = gx if gx is not None else torch.zeros_like(x)
+            if gpx is not None:
+                gx = gx + (gpx / (h * w)).to(x.dtype)[:, :, None, None]
+            return gx, gw, None, None
+        g, ws, gate, s1 = saved
+        has_dx = gx is not None
+        gx = _fcp(gx) if has_dx else torch.empty_like(x)
+        has_dpx = gpx is not None
+        dpx = gpx.float().contiguous() if has_dpx else ws  # any tensor when unused
+        bp, bc, _ = _blocks(x)
+        _, _, _, k_in = _kernels()
+        grid = (nt, -(-(h * w) // bp), -(-c // bc))
+        k_in[grid](g, ws, gate, s1, dpx, gx, c, h * w, ctx.t, 1.0 / (h * w), *_strides(g), *_strides(gx),
+                   HAS_DX=has_dx, HAS_DPX=has_dpx, BP=bp, BC=bc)
+        return gx, gw, None, None
+
+
+class _Apply(torch.autograd.Function):
+    """``out = shift(x) · (gate + s1)`` — gate (N·T, C), s1 (N·T, H·W) — without materialising the shift."""
+
+    @staticmethod
+    def forward(ctx, x, w_shift, gate, s1, link, t):  # noqa: D102
+        nt, c, h, w = x.shape
+        ws = w_shift.detach().reshape(c, 3).float().contiguous()
+        gate, s1 = gate.contiguous(), s1.contiguous()
+        out = torch.empty_like(x)  # same layout as x
+        bp, bc, _ = _blocks(x)
+        _, k_fwd, _, _ = _kernels()
+        grid = (nt, -(-(h * w) // bp), -(-c // bc))
+        k_fwd[grid](x, out, ws, gate, s1, c, h * w, t, *_strides(x), *_strides(out), BP=bp, BC=bc)
+        ctx.save_for_backward(x, ws, gate, s1)
+        ctx.link, ctx.t, ctx.w_dtype = link, t, w_shift.dtype
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g):  # noqa: D102
+        x, ws, gate, s1 = ctx.saved_tensors
+        nt, c, h, w = x.shape
+        p = h * w
+        g = _fcp(g)
+        _, bc, bpr = _blocks(x)
+        ncb = -(-c // bc)
+        dgate = torch.empty(nt, c, device=x.device, dtype=torch.float32)
+        ds1 = torch.empty(nt, ncb, p, device=x.device, dtype=torch.float32)
+        dw = torch.empty(nt, 3, c, device=x.device, dtype=torch.float32)
+        _, _, k_red, _ = _kernels()
+        k_red[(nt, ncb)](g, x, ws, gate, s1, dgate, ds1, dw, c, p, ctx.t, ncb, *_strides(g), *_strides(x),
+                         BP=bpr, BC=bc)
+        if ctx.needs_input_grad[0]:
+            ctx.link.saved = (g, ws, gate, s1)
+        d_ws = dw.sum(0).t().reshape(c, 1, 3).to(ctx.w_dtype) if ctx.needs_input_grad[1] else None
+        return None, d_ws, dgate.to(gate.dtype), ds1.sum(1).to(s1.dtype), None, None
+
+
+def _time_sum(zk: torch.Tensor) -> torch.Tensor:
+    """``zk`` (N, T, 3, ...) -> ``out[:, t] = zk[:, t-1, 0] + zk[:, t, 1] + zk[:, t+1, 2]`` (zero outside the
+    clip): the squeeze of the shifted input from the squeezes of the unshifted one. Output dense, in the
+    stride order of ``zk`` (channels_last stays channels_last)."""
+    out = zk[:, :, 1].clone()
+    if zk.shape[1] > 1:
+        out[:, 1:] += zk[:, :-1, 0]
+        out[:, :-1] += zk[:, 1:, 2]
+    return out
+
+
+def _check_device(x: torch.Tensor) -> None:
+    if x.is_cuda:
+        return
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("1", "true", "True"):
+        raise ModelError("ACTION_IMPL='triton' on CPU tensors needs TRITON_INTERPRET=1 set before the first "
+                         "fused call (the Triton interpreter); use ACTION_IMPL='torch' or 'auto' on CPU")
+
+
+def gated_input(mod, x: torch.Tensor, n: int, t: int) -> torch.Tensor:
+    """The input of ``mod.net`` for the :class:`action.temporal.Action` ``mod``: ``shift(x) · (3 + σ_ste +
+    σ_ce + σ_me)``, with the big-tensor work in the kernels above and the small gate maths in
+    :meth:`Action._gates` (shared with the torch path). Eager only: under torch.compile the dispatch picks
+    the torch path (a benchmark can still wrap the ACTION forwards in ``torch.compiler.disable``)."""
+    if not available():
+        raise ModelError("ACTION_IMPL='triton' needs the triton package (it comes with CUDA builds of torch); "
+                         "use ACTION_IMPL='torch'")
+    _check_device(x)
+    nt, c, h, w = x.shape
+    r = mod.reduced_channels
+    if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
+        x = x.contiguous()
+    link = _Link()
+    ws = mod.action_shift.weight.view(c, 3)
+    rows = torch.cat([mod.action_p3_squeeze.weight.view(r, c), ws.new_full((1, c), 1.0 / c)], 0)
+    w3 = (ws.t().unsqueeze(1) * rows.unsqueeze(0)).reshape(3 * (r + 1), c, 1, 1).to(x.dtype)
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        w3 = w3.contiguous(memory_format=torch.channels_last)
+    z, px = _Front.apply(x, w3, link, t)
+    z6 = z.view(n, t, 3, r + 1, h, w)
+    y = _time_sum(z6[:, :, :, :r]).reshape(nt, r, h, w)  # channels_last when x is
+    s = _time_sum(z6[:, :, :, r])  # (N, T, H, W): channel mean of the shifted x
+    pooled = px.view(n, t, c) * ws[:, 1]  # spatial means of the shifted x
+    if t > 1:
+        pooled = pooled + F.pad(px.view(n, t, c)[:, :-1] * ws[:, 0], (0, 0, 1, 0)) \
+            + F.pad(px.view(n, t, c)[:, 1:] * ws[:, 2], (0, 0, 0, 1))
+    m = mod.action_p3_bn1(y)
+    gate, s1 = mod._gates(m, s, pooled.view(nt, c).to(x.dtype), n, t, h, w)
+    return _Apply.apply(x, mod.action_shift.weight, gate, s1.reshape(nt, h * w), link, t)
