@@ -16,8 +16,8 @@ train mode) from:
 Time to the first batch counts everything from "open the dataset" (download included) to the first batch in
 hand; steady clips/s is measured over the rest of the epoch; all modes run ``--rounds`` times in turn (the
 machine is shared) and the best of each is charted, every run is in the JSON. Every run's first batch must equal
-the local one's (same seed, same shards). ``direct`` goes through ``build_loader`` with the loader's ``ShardDataset`` swapped for
-the remote reader inside this script only (the loaders are wired to :mod:`pipelines.remote` elsewhere).
+the local one's (same seed, same shards). ``direct`` goes through ``build_loader`` too, with the reader that
+``remote.open_split`` returns for ``cache_dir="none"`` wrapped to count its range requests.
 The S3 server is a Python process on the same machine: its per-request CPU cost, not network latency, is what
 the direct mode pays here. Results: ``OUT/bench_remote.json`` and ``OUT/bench_remote.png``.
 """
@@ -59,7 +59,7 @@ def prepare(work: str, clips_per_class: int) -> tuple[str, str, int]:
 
 def run_mode(mode: str, *, local: str, uri: str, cache_dir: str, loader_kw: dict, threads: int) -> dict:
     import pipelines
-    from pipelines import reader, remote
+    from pipelines import remote
     from pipelines.remote_direct import RemoteShardDataset
 
     t0 = time.perf_counter()
@@ -71,7 +71,8 @@ def run_mode(mode: str, *, local: str, uri: str, cache_dir: str, loader_kw: dict
     else:
         rds = _counted(RemoteShardDataset)(uri, "train", threads=threads, gap=1 << 30 if mode == "direct-1req" else 0)
         rds.requests.clear()  # count only the frame reads, not the index
-        data, patch = uri, mock.patch.object(reader, "ShardDataset", lambda *a, **k: rds)
+        # the loader opens remote splits through remote.open_split: hand it this instrumented reader
+        data, patch = uri, mock.patch.object(remote, "open_split", lambda *a, **k: rds)
     t_open = time.perf_counter() - t0
     with patch:
         loader = pipelines.build_loader(data, "train", **loader_kw)
@@ -138,7 +139,7 @@ def main(argv=None) -> int:
     import s3server
     import torch
 
-    from pipelines import remote
+    from pipelines import storage
     from pipelines.convert import convert_dataset
 
     logging.basicConfig(level=logging.WARNING)
@@ -157,7 +158,7 @@ def main(argv=None) -> int:
         t = time.perf_counter()
         convert_dataset("jester", raw, uri, splits="train", shard_mb=4, workers=1)
         convert_s = time.perf_counter() - t
-        fs, root = remote.filesystem(uri)
+        fs, root = storage.resolve(uri)
         shard_bytes = sum(i.size for i in fs.get_file_info(pafs.FileSelector(f"{root}/train")))
         cache_dir = os.path.join(args.work, "cache")
         shutil.rmtree(cache_dir, ignore_errors=True)

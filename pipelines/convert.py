@@ -1,4 +1,4 @@
-"""The conversion engine: raw frame folders + label files -> shards + manifest (DESIGN.md "Shard format").
+"""The conversion engine: raw frame folders + label files -> shards + manifest (docs/DESIGN.md "Shard format").
 
 ``convert_dataset(dataset, raw, out, ...)`` runs steps 1-3 for every split first (so annotation and
 folder problems stop a strict run before anything is written), then step 4 for all shards of all splits in
@@ -44,6 +44,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow.fs as pafs
 
+from pipelines import jpeg
 from pipelines import datasets
 from pipelines import format as fmt
 from pipelines import shards as sh
@@ -184,7 +185,7 @@ def plan_fingerprint(clips: list[Clip]) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- writing
-def _read_clip(raw: str, clip: Clip, buf: np.ndarray, off: int, check: sh.JpegChecker) -> tuple[int, int]:
+def _read_clip(raw: str, clip: Clip, buf: np.ndarray, off: int, check: jpeg.JpegChecker) -> tuple[int, int]:
     """Read ``clip``'s frames into ``buf[off:]``; check each JPEG header. Returns (height, width)."""
     hw0 = None
     mv = memoryview(buf)
@@ -228,7 +229,7 @@ def _batch_buffer(n: int) -> np.ndarray:
 
 
 def _batches(raw: str, clips: list[Clip], problems: Problems, stats: dict, on_batch=None):
-    check = sh.JpegChecker()
+    check = jpeg.JpegChecker()
     for i in range(0, len(clips), fmt.ROWS_PER_BATCH):
         group = clips[i:i + fmt.ROWS_PER_BATCH]
         videos = {}  # a video's JPEG frames exist only once decoded: encode them first to size the buffer

@@ -132,10 +132,15 @@ class OpenSplit(NamedTuple):
 
 
 def open_split(spec: LoaderSpec, *, verify: bool = False) -> OpenSplit:
-    """Open ``spec.split`` of ``spec.data`` and build its :class:`Planner` for (rank, world)."""
-    from pipelines.reader import ShardDataset
+    """Open ``spec.split`` of ``spec.data`` and build its :class:`Planner` for (rank, world).
 
-    shards = ShardDataset(spec.data, spec.split, verify=verify)
+    Local data is read in place; remote data (``s3://`` ...) through the node-local cache or by range requests,
+    as ``spec.cache_dir`` / ``spec.cache_max_gb`` say (:func:`pipelines.remote.open_split`)."""
+    from pipelines import remote
+
+    cache = {"auto": remote.DEFAULT, "none": None}.get(spec.cache_dir, spec.cache_dir)
+    shards = remote.open_split(spec.data, spec.split, cache_dir=cache, max_gb=spec.cache_max_gb or None,
+                               verify=verify)
     planner = Planner(shards.metadata(), dataset=shards.dataset, classes=shards.classes, mode=spec.mode,
                       batch_size=spec.batch_size, num_segments=spec.num_segments, size=spec.size, rank=spec.rank,
                       world=spec.world, seed=spec.seed, flip=spec.flip, test_clips=spec.test_clips,

@@ -23,7 +23,6 @@ import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 import pyarrow as pa
@@ -36,99 +35,12 @@ from pipelines.errors import ShardError
 log = logging.getLogger(__name__)
 
 DEFAULT = "default"  # cache_dir: $XDG_CACHE_HOME/action-net (or ~/.cache/action-net)
-TIMEOUTS = {"connect": 3.0, "request": 10.0, "attempts": 3}  # seconds, seconds (a stalled request), tries
 _CHUNK = 8 << 20
 _LOCAL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES)
-_CRED_ENV = ("AWS_ACCESS_KEY_ID", "AWS_PROFILE", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN",
-             "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI")
-
-
-# ----------------------------------------------------------------------------------------------- filesystems
-def shown(uri, rel: str = "") -> str:
-    """``uri``/``rel`` for messages: without the query string (it may carry keys)."""
-    base = os.fspath(uri).split("?", 1)[0].rstrip("/")
-    return f"{base}/{rel}" if rel else base
 
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "action-net"
-
-
-def _has_s3_credentials(uri: str) -> bool:
-    parts = urlsplit(uri)
-    query = {k.lower(): v for k, v in parse_qs(parts.query).items()}
-    if parts.username or "access_key" in query or query.get("anonymous", [""])[0].lower() in ("true", "1"):
-        return True
-    if any(os.environ.get(k) for k in _CRED_ENV):
-        return True
-    if os.environ.get("AWS_EC2_METADATA_DISABLED", "").lower() == "false":
-        return True  # an explicit opt-in to instance-role credentials
-    files = (os.environ.get("AWS_SHARED_CREDENTIALS_FILE") or Path.home() / ".aws" / "credentials",
-             os.environ.get("AWS_CONFIG_FILE") or Path.home() / ".aws" / "config")
-    return any(os.path.isfile(f) for f in files)
-
-
-def filesystem(uri, *, timeouts: dict | None = None) -> tuple[pafs.FileSystem, str]:
-    """``(filesystem, root)`` like :func:`pipelines.storage.resolve`; an S3 filesystem gets ``timeouts``
-    (``connect``/``request`` seconds, ``attempts``; defaults :data:`TIMEOUTS`) so an unreachable endpoint fails
-    in seconds. ShardError (one line naming the URI) when S3 has no credentials configured at all."""
-    uri = os.fspath(uri)
-    if uri.lower().startswith("s3://") and not _has_s3_credentials(uri):
-        raise ShardError(f"{shown(uri)}: no S3 credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
-                         "AWS_PROFILE or ~/.aws/credentials (add ?anonymous=true for a public bucket; set "
-                         "AWS_EC2_METADATA_DISABLED=false to use an instance role)")
-    fs, root = storage.resolve(uri)
-    if isinstance(fs, pafs.S3FileSystem):
-        t = {**TIMEOUTS, **(timeouts or {})}
-        kw = dict(fs.__reduce__()[1][0])
-        kw.update(connect_timeout=float(t["connect"]), request_timeout=float(t["request"]),
-                  retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=int(t["attempts"])))
-        fs = pafs.S3FileSystem(**kw)
-    return fs, root
-
-
-def explain(uri: str, e: BaseException, fs=None) -> str:
-    """One line for a failed object-store request: what went wrong with ``uri`` and what to check."""
-    text = " ".join(str(e).split())
-    short = text if len(text) <= 240 else text[:237] + "..."
-    endpoint = "the default AWS endpoint"
-    if isinstance(fs, pafs.S3FileSystem):
-        endpoint = fs.__reduce__()[1][0].get("endpoint_override") or endpoint
-    low = text.lower()
-    if any(s in low for s in ("network_connection", "curlcode", "could not connect", "timeout", "timed out")):
-        return (f"{uri}: cannot reach the object store at {endpoint} ({short}); check AWS_ENDPOINT_URL or "
-                "?endpoint_override=, the network and that the server is up")
-    if any(s in low for s in ("access_denied", "accessdenied", "invalidaccesskeyid", "signaturedoesnotmatch",
-                              "forbidden", "http status 403")):
-        return f"{uri}: access denied ({short}); check the credentials (AWS_* variables, profile) and bucket policy"
-    if "nosuchbucket" in low or "bucket" in low and "not found" in low:
-        return f"{uri}: the bucket does not exist ({short}); check the bucket name in --data"
-    return f"{uri}: object store request failed ({short}); check the URI, endpoint and credentials"
-
-
-def open_manifest(uri, *, timeouts: dict | None = None) -> tuple[pafs.FileSystem, str, dict, bytes]:
-    """``(fs, root, manifest, manifest bytes)`` of a dataset at a path or URI (ShardError naming the URI and what
-    to check: unreachable endpoint, missing bucket, missing manifest, invalid manifest)."""
-    uri = os.fspath(uri)
-    fs, root = filesystem(uri, timeouts=timeouts)
-    where = shown(uri, fmt.MANIFEST_NAME) if storage.is_uri(uri) else storage.join(root, fmt.MANIFEST_NAME)
-    try:
-        with fs.open_input_stream(storage.join(root, fmt.MANIFEST_NAME)) as f:
-            raw = f.read()
-    except FileNotFoundError:
-        if isinstance(fs, pafs.S3FileSystem):
-            bucket = root.split("/", 1)[0]
-            try:
-                missing = fs.get_file_info(bucket).type == pafs.FileType.NotFound
-            except (OSError, pa.ArrowException) as e:
-                raise ShardError(explain(where, e, fs)) from None
-            if missing:
-                raise ShardError(f"{where}: bucket {bucket!r} does not exist at this endpoint; check the bucket "
-                                 "name in the URI and AWS_ENDPOINT_URL") from None
-        raise ShardError(f"{where}: manifest not found (run tools/convert_dataset.py first, or check --data)") from None
-    except (OSError, pa.ArrowException) as e:
-        raise ShardError(explain(where, e, fs)) from None
-    return fs, root, fmt.parse_manifest(raw, where=where), bytes(raw)
 
 
 @contextlib.contextmanager
@@ -167,7 +79,7 @@ class ShardCache:
     def __init__(self, uri, cache_dir=None, *, max_gb: float | None = None, threads: int = 8,
                  timeouts: dict | None = None):
         self.uri, self.timeouts, self.threads = os.fspath(uri), timeouts, int(threads)
-        self._fs, self.root, self.manifest, raw = open_manifest(self.uri, timeouts=timeouts)
+        self._fs, self.root, self.manifest, raw = storage.read_manifest_raw(self.uri, timeouts=timeouts)
         self.key = hashlib.sha256(raw).hexdigest()[:20]
         base = default_cache_dir() if cache_dir in (None, DEFAULT) else Path(cache_dir)
         self.dir = base / self.key
@@ -177,7 +89,7 @@ class ShardCache:
             with node_lock(self.dir):
                 if not (self.dir / fmt.MANIFEST_NAME).is_file():
                     storage.atomic_write(self.dir / fmt.MANIFEST_NAME, raw, fsync=True)
-                    storage.atomic_write_json(self.dir / "source.json", {"uri": shown(self.uri)})
+                    storage.atomic_write_json(self.dir / "source.json", {"uri": storage.shown(self.uri)})
         except OSError as e:
             raise ShardError(f"{self.dir}: cannot create the shard cache ({e}); check --cache-dir") from None
 
@@ -187,13 +99,13 @@ class ShardCache:
     @property
     def fs(self) -> pafs.FileSystem:
         if self._fs is None:
-            self._fs = filesystem(self.uri, timeouts=self.timeouts)[0]
+            self._fs = storage.resolve(self.uri, timeouts=self.timeouts)[0]
         return self._fs
 
     def entries(self, split: str) -> list[dict]:
         splits = self.manifest["splits"]
         if split not in splits:
-            raise ShardError(f"{shown(self.uri, fmt.MANIFEST_NAME)}: no split {split!r} "
+            raise ShardError(f"{storage.shown(self.uri, fmt.MANIFEST_NAME)}: no split {split!r} "
                              f"(has {', '.join(sorted(splits)) or 'none'})")
         return splits[split]["shards"]
 
@@ -230,7 +142,7 @@ class ShardCache:
                 total += int(entries[s]["bytes"])
                 if total > self.max_bytes:
                     log.warning("%s: these clips need %d shards (%.2f GB), more than max_gb=%.2f: caching the "
-                                "first %d, the rest are fetched when read", shown(self.uri), len(shards),
+                                "first %d, the rest are fetched when read", storage.shown(self.uri), len(shards),
                                 sum(int(entries[t]["bytes"]) for t in shards) / 1e9, self.max_bytes / 1e9, len(keep))
                     break
                 keep.append(s)
@@ -272,7 +184,7 @@ class ShardCache:
                 p.unlink()
                 log.info("cache: evicted %s (least recently used)", p)
         if used + incoming > self.max_bytes:
-            raise ShardError(f"{shown(self.uri)}: {len(wanted)} shards of {split!r} need {(used + incoming) / 1e9:.2f} "
+            raise ShardError(f"{storage.shown(self.uri)}: {len(wanted)} shards of {split!r} need {(used + incoming) / 1e9:.2f} "
                              f"GB, more than the cache's max_gb={self.max_bytes / 1e9:.2f}; raise --cache-max-gb, "
                              "prefetch fewer clips, or read directly (--cache-dir none)")
 
@@ -281,7 +193,7 @@ class ShardCache:
 
         entries = self.entries(split)
         total = sum(int(entries[s]["bytes"]) for s in missing)
-        log.info("%s: downloading %d shards of %r (%.1f MB) into %s", shown(self.uri), len(missing), split,
+        log.info("%s: downloading %d shards of %r (%.1f MB) into %s", storage.shown(self.uri), len(missing), split,
                  total / 1e6, self.dir)
         with tqdm(total=total, unit="B", unit_scale=True, desc=f"cache {split}", disable=None) as bar, \
                 ThreadPoolExecutor(min(self.threads, len(missing))) as pool:
@@ -291,7 +203,7 @@ class ShardCache:
     def _download_one(self, split: str, s: int, bar) -> None:
         e = self.entries(split)[s]
         rel = fmt.safe_relpath(e["path"])
-        src, dst, where = storage.join(self.root, rel), self.path(split, s), shown(self.uri, rel)
+        src, dst, where = storage.join(self.root, rel), self.path(split, s), storage.shown(self.uri, rel)
         dst.parent.mkdir(parents=True, exist_ok=True)
         for attempt in (1, 2):
             try:
@@ -311,9 +223,9 @@ class ShardCache:
                 if err.errno in _LOCAL_ERRNOS:  # writing the cache, not reading the store
                     raise ShardError(f"{dst}: cannot write the shard cache ({err.strerror}); free space in "
                                      f"{self.dir.parent} or choose another cache dir (max_gb bounds its size)") from None
-                raise ShardError(explain(where, err, self.fs)) from None
+                raise ShardError(storage.explain(where, err, self.fs)) from None
             except pa.ArrowException as err:
-                raise ShardError(explain(where, err, self.fs)) from None
+                raise ShardError(storage.explain(where, err, self.fs)) from None
             except _Mismatch as got:
                 if attempt == 1:
                     log.warning("%s: downloaded bytes have %s, the manifest says sha256 %s...; fetching once more",
@@ -321,7 +233,7 @@ class ShardCache:
                     continue
                 raise ShardError(f"{where}: downloaded twice, both times {got} instead of the manifest's sha256 "
                                  f"{e['sha256'][:16]}... ({e['bytes']} bytes): the remote shard is corrupt or was "
-                                 f"replaced; run tools/convert_dataset.py verify {shown(self.uri)}") from None
+                                 f"replaced; run tools/convert_dataset.py verify {storage.shown(self.uri)}") from None
 
 
 # ----------------------------------------------------------------------------------------------- entry point

@@ -183,23 +183,22 @@ class RemoteShardDataset:
         threads: range requests in flight per process (frames of a clip, index reads).
         gap: frames of a clip at most this many bytes apart are read by one request (0: only neighbours; a
             large value: one request per clip, moving the bytes between its sampled frames too).
-        timeouts: S3 ``connect``/``request`` seconds and ``attempts`` (see :func:`pipelines.remote.filesystem`).
+        timeouts: S3 ``connect``/``request`` seconds and ``attempts`` (see :func:`pipelines.storage.resolve`).
         cache: a :class:`pipelines.remote.ShardCache` with ``max_gb``: frames are read from its memory-mapped
             local copies (fetched on demand when :meth:`prefetch` did not bring them), the index from remote.
     """
 
     def __init__(self, uri, split: str, *, threads: int = 16, gap: int = 0, timeouts: dict | None = None,
                  cache=None):
-        from pipelines import remote
 
         self.uri, self.split, self.threads, self.timeouts, self.cache = os.fspath(uri), split, int(threads), timeouts, cache
         self.gap = int(gap)
-        self._fs, self.root, self.manifest, _ = remote.open_manifest(self.uri, timeouts=timeouts)
+        self._fs, self.root, self.manifest, _ = storage.read_manifest_raw(self.uri, timeouts=timeouts)
         self.dataset: str = self.manifest["dataset"]
         self.classes: list[str] = list(self.manifest["classes"])
         splits = self.manifest["splits"]
         if split not in splits:
-            raise ShardError(f"{remote.shown(self.uri, fmt.MANIFEST_NAME)}: no split {split!r} "
+            raise ShardError(f"{storage.shown(self.uri, fmt.MANIFEST_NAME)}: no split {split!r} "
                              f"(has {', '.join(sorted(splits)) or 'none'})")
         self.entries = splits[split]["shards"]
         self.rels = [fmt.safe_relpath(e["path"]) for e in self.entries]
@@ -221,9 +220,8 @@ class RemoteShardDataset:
             self._pid, self._files, self._local, self._pool = os.getpid(), {}, {}, None
             self._fs = None
         if self._fs is None:
-            from pipelines import remote
 
-            self._fs = remote.filesystem(self.uri, timeouts=self.timeouts)[0]
+            self._fs = storage.resolve(self.uri, timeouts=self.timeouts)[0]
 
     def _map(self, fn, items):
         self._here()
@@ -234,9 +232,8 @@ class RemoteShardDataset:
         return self._pool.map(fn, items)
 
     def where(self, s: int) -> str:
-        from pipelines import remote
 
-        return remote.shown(self.uri, self.rels[s])
+        return storage.shown(self.uri, self.rels[s])
 
     def _open_file(self, s: int):
         """The remote shard ``s`` as a pyarrow random-access file (tests wrap this to count bytes)."""

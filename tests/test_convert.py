@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import rawtrees
+from pipelines import reader
 from pipelines import shards as sh
 from pipelines.convert import convert_dataset
 from pipelines.errors import AnnotationError, DataError, FrameError
@@ -28,7 +29,7 @@ def _sha(path) -> str:
 
 
 def _stored(out, split) -> dict:
-    return {r["key"]: r for r in sh.iter_clips(out, split)}
+    return {r["key"]: r for r in reader.iter_clips(out, split)}
 
 
 def _check_against_tree(out, tree, m):
@@ -48,7 +49,7 @@ def test_convert_is_byte_identical_and_manifest_exact(name, make_raw, tmp_path):
     tree = make_raw(name)
     out = tmp_path / "out"
     m = convert_dataset(name, tree["root"], out, shard_mb=0.02, seed=3)
-    sh.verify(out)
+    reader.verify(out)
     _check_against_tree(out, tree, m)
     on_disk = json.loads((out / "manifest.json").read_text())
     assert on_disk == m
@@ -76,8 +77,8 @@ def test_same_sha_whatever_workers(name, make_raw, tmp_path):
     m3 = convert_dataset(name, tree["root"], tmp_path / "w1", shard_mb=0.015, workers=1)  # rerun in place
     assert m3 == m1
     m4 = convert_dataset(name, tree["root"], tmp_path / "s9", shard_mb=1000, seed=9)
-    order0 = [r["key"] for r in sh.iter_clips(tmp_path / "w1", "train")]
-    order9 = [r["key"] for r in sh.iter_clips(tmp_path / "s9", "train")]
+    order0 = [r["key"] for r in reader.iter_clips(tmp_path / "w1", "train")]
+    order9 = [r["key"] for r in reader.iter_clips(tmp_path / "s9", "train")]
     assert sorted(order0) == sorted(order9) and order0 != order9  # seed decides the shuffle
     assert m4["seed"] == 9 and len(m4["splits"]["train"]["shards"]) == 1
 
@@ -87,10 +88,10 @@ def test_options_limit_splits_uri(make_raw, tmp_path):
     m = convert_dataset("jester", tree["root"], f"file://{tmp_path}/o", splits="val,test", limit=3)
     assert list(m["splits"]) == ["val", "test"]
     assert (m["splits"]["val"]["clips"], m["splits"]["test"]["clips"]) == (3, 2)
-    sh.verify(tmp_path / "o")
+    reader.verify(tmp_path / "o")
     full = convert_dataset("jester", tree["root"], tmp_path / "f", splits=["val"])
-    assert [r["key"] for r in sh.iter_clips(tmp_path / "o", "val")] == \
-        [r["key"] for r in sh.iter_clips(tmp_path / "f", "val")][:3]
+    assert [r["key"] for r in reader.iter_clips(tmp_path / "o", "val")] == \
+        [r["key"] for r in reader.iter_clips(tmp_path / "f", "val")][:3]
     with pytest.raises(ValueError, match="unknown split"):
         convert_dataset("jester", tree["root"], tmp_path / "x", splits="training")
     with pytest.raises(TypeError, match="drop_last_two"):
@@ -235,7 +236,7 @@ def test_bad_input_strict_and_skip(name, case, mutate, make_raw, tmp_path):
     m = convert_dataset(name, tree["root"], tmp_path / "skip", skip_bad=True)
     assert [s["path"] for s in m["skipped"]] == [path]
     assert msg in m["skipped"][0]["reason"]
-    sh.verify(tmp_path / "skip")
+    reader.verify(tmp_path / "skip")
     if name == "egogesture" and case in ("truncated", "gap"):
         lost = {k for k in tree["clips"]["train"] if k.startswith("Subject03/Scene1/rgb1#")} if case == "gap" else lost
     for split, clips in tree["clips"].items():
@@ -271,7 +272,7 @@ def test_strict_stop_keeps_finished_shards_then_resumes(make_raw, tmp_path):
     clean = convert_dataset("jester", tree["root"], tmp_path / "clean", shard_mb=0.005, splits="train")
     shards = clean["splits"]["train"]["shards"]
     assert len(shards) == 5
-    last_key = [r["key"] for r in sh.iter_clips(tmp_path / "clean", "train")][-1]
+    last_key = [r["key"] for r in reader.iter_clips(tmp_path / "clean", "train")][-1]
     victim = Path(tree["clips"]["train"][last_key]["files"][3])
     good = victim.read_bytes()
     victim.write_bytes(good[:-100])
@@ -397,7 +398,7 @@ def test_kill9_resume_is_byte_identical(point, make_raw, tmp_path):
     for p, digest in clean_sha.items():
         assert _sha(out / p) == digest
     assert not any(".tmp-" in n for d in ("train", "val", "test") for n in os.listdir(out / d))
-    sh.verify(out)
+    reader.verify(out)
 
 
 def test_worker_errors_reach_the_caller(make_raw, tmp_path):
@@ -432,4 +433,4 @@ def test_resume_rechecks_skips_and_edited_frames(make_raw, tmp_path):
     p.write_bytes(bytes(edited))
     m = convert_dataset("jester", tree["root"], out, **kw)
     assert _stored(out, "train")[key]["frames"][2] == bytes(edited) and m != clean
-    sh.verify(out)
+    reader.verify(out)

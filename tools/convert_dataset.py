@@ -32,7 +32,7 @@ MAIN_HELP = """Convert raw frame folders + official label files into sharded Arr
   convert_dataset.py convert DATASET --raw RAW --out OUT [options]   (same thing)
   convert_dataset.py verify OUT [--decode]
 
-DATASET is egogesture, jester or sthv2; RAW is the dataset root in the official layout (see DESIGN.md:
+DATASET is egogesture, jester or sthv2; RAW is the dataset root in the official layout (see docs/DESIGN.md:
 EgoGesture frames/ + labels/, Jester jester-v1-*.csv + frames/, SSv2 something-something-v2-*.json or
 labels/*.json + frames/ or the release's 20bn-something-something-v2/<id>.webm videos). A video file
 <folder>.webm/.mp4/.mkv may stand in for any frame folder: it is decoded and its frames stored as JPEG.
@@ -198,7 +198,7 @@ def convert_cmd(dataset, drop_last_two, train_on_trainval, source, **kw):
 def verify_cmd(out, decode, progress):
     """Check OUT: re-hash every shard against the manifest and check every row (schema, counts, labels,
     complete JPEGs whose header size matches the row). Exit 1 with the first problem."""
-    from pipelines.shards import verify
+    from pipelines.reader import verify
     from pipelines.storage import read_manifest
 
     try:

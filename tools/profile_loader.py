@@ -62,7 +62,7 @@ def _write_video(args) -> None:
 def generate_tree(raw: str, *, dataset: str, clips: int, frames: int, size=(320, 240), seed: int = 0,
                   workers: int = 1) -> None:
     """Write a synthetic raw tree in the official ``jester`` or ``sthv2`` layout (320x240 JPEGs), videos written
-    by ``workers`` processes (~7 ms per frame each)."""
+    by ``workers`` processes."""
     from pipelines import datasets
 
     rng = np.random.default_rng(seed)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from typing import Callable, TypeVar
 
+import numpy as np
+
 from pipelines.errors import FrameError
 
 log = logging.getLogger(__name__)
@@ -58,6 +60,7 @@ class Loader:
         self._replaced = 0
         self.stage_s = dict.fromkeys(STAGES, 0.0)
         self.batches_seen = 0
+        self._prefetch()
 
     @property
     def replaced(self) -> int:
@@ -74,6 +77,14 @@ class Loader:
         if not 0 <= int(start) <= n:
             raise ValueError(f"start batch {start} is not in [0, {n}] for {self.where}")
         self.epoch, self.start = int(epoch), int(start)
+        self._prefetch()
+
+    def _prefetch(self) -> None:
+        """A size-limited remote cache fetches the shards of this pass's clips ahead of use."""
+        prefetch = getattr(self.shards, "prefetch", None)
+        pending = self.pending() if prefetch is not None else []
+        if pending:
+            prefetch(np.concatenate([ids for _, ids in pending]))
 
     def __len__(self) -> int:
         """Batches in a whole epoch of this rank (``start`` does not change it)."""

@@ -363,6 +363,11 @@ def build_ffcv_loader(spec, *, beton: str | None = None, batches_ahead: int = 2,
     """
     import_ffcv()  # the install hint, before any file is opened
     from pipelines.loader import open_split  # noqa: PLC0415
+    from pipelines.remote import is_remote  # noqa: PLC0415
+
+    if is_remote(spec.data) and beton is None:
+        raise ValueError(f"{spec.data}: the ffcv backend reads a local .beton: convert it with `tools/convert_dataset.py "
+                         "to-ffcv` from a local copy of the shards and pass beton=PATH, or use --backend torch")
 
     return FfcvLoader(spec, open_split(spec, verify=verify), beton or default_path(spec.data, spec.split),
                       workers=max(1, spec.workers), batches_ahead=batches_ahead, os_cache=os_cache, record=record)

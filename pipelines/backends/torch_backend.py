@@ -9,8 +9,7 @@ Execution (``executor``):
   tensor (page-locked when the device is CUDA; otherwise recycled once the consumer has dropped it). No
   pickling, no shared-memory hand-over, no collation; up to ``prefetch_factor * workers`` batches are in
   flight and they are yielded in order. Each thread runs torch single-threaded (the pool is the parallelism).
-  Measured on 2 cores, train 8x224x224 from 320x240: the same per-frame work as worker processes, 1.3-1.4x
-  the clips/s (``bench/results/profile_loader.json``).
+  The same per-frame work as worker processes, without their hand-over costs (``make profile`` compares them).
 * ``"processes"``: DataLoader worker processes (the ``folder`` baseline's executor), one whole batch per
   item (``batch_size=None`` with a batch-index sampler), persistent across epochs (item key ``(epoch, b)``).
 
@@ -20,7 +19,7 @@ Execution (``executor``):
 Output memory: with ``channels_last=True`` (default) a batch is stored as ``(B, [V,] T, H, W, 3)`` and returned
 as the ``(B, [V,] T, 3, H, W)`` view -- the layout the decoder and the resampler produce, and the one a
 ``channels_last`` model consumes (``x.reshape(-1, 3, H, W)`` stays a view), which saves a full layout copy per
-frame (~0.05 ms of ~0.35 ms). ``channels_last=False`` gives contiguous NCHW memory. Values are the same.
+frame. ``channels_last=False`` gives contiguous NCHW memory. Values are the same.
 
 Options: ``resample`` --
 
@@ -381,9 +380,9 @@ class TorchLoader(Loader):
 class _BufferPool:
     """Recycles batch buffers once the consumer has dropped every tensor that views them.
 
-    A fresh 10-40 MB buffer per batch costs ~1,600 page faults (measured: ~10 % of the loader's CPU time on 2
-    cores); a buffer is reused only when its storage has no user left but the pool's own tensor (torch's
-    storage use count; without that private function nothing is recycled)."""
+    A fresh 10-40 MB batch buffer costs thousands of page faults per batch; a buffer is reused only when its
+    storage has no user left but the pool's own tensor (torch's storage use count; without that private function
+    nothing is recycled)."""
 
     def __init__(self, keep: int):
         self.keep = int(keep)

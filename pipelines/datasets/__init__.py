@@ -8,7 +8,7 @@
     classes = spec.load_classes(raw)     # class names in label order, from the raw tree (or the bundled list)
     clips = spec.read(raw, "train", problems, **options)   # list[ClipRef] (no frame folder is opened)
 
-Readers follow DESIGN.md "Raw dataset layouts" exactly; they parse annotation files only. Frame folders are
+Readers follow docs/DESIGN.md "Raw dataset layouts" exactly; they parse annotation files only. Frame folders are
 listed and checked by :mod:`pipelines.convert` (``scan_folder``). Bad input goes through a
 :class:`Problems` collector: strict (raise the :class:`~pipelines.errors.DataError`) or ``skip_bad`` (record
 ``{"path", "reason"}`` and go on). Nothing is read at import time.

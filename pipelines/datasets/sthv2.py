@@ -1,6 +1,6 @@
 """Something-Something V2 (174 classes).
 
-Layout (DESIGN.md)::
+Layout (docs/DESIGN.md)::
 
     RAW/something-something-v2-labels.json       {"Class name": "index as string"}
     RAW/something-something-v2-train.json        [{"id", "label", "template", "placeholders"}, ...]
