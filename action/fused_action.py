@@ -38,6 +38,8 @@ __all__ = ["available", "gated_input"]
 # test shapes still cross block edges and masks
 GPU_BLOCKS = (64, 64, 32)
 CPU_BLOCKS = (16, 32, 16)
+_MIN_PROGRAMS = 2048  # the reduction pass splits its pixel loop until it has about this many programs (GPU)
+_CONV_ALIGN = 8  # the squeeze conv's output channels are padded to a multiple of this (bf16 tensor-core tiles)
 
 
 @functools.lru_cache(maxsize=None)
@@ -81,10 +83,12 @@ def _kernels():
         tl.store(out_ptr + oo, out.to(out_ptr.dtype.element_ty), mask=m)
 
     @triton.jit
-    def apply_bwd_reduce(g_ptr, x_ptr, w_ptr, gate_ptr, s1_ptr, dgate_ptr, ds1_ptr, dw_ptr, C, P, T, NCB,
-                         sgf, sgc, sgp, sxf, sxc, sxp, BP: tl.constexpr, BC: tl.constexpr):
+    def apply_bwd_reduce(g_ptr, x_ptr, w_ptr, gate_ptr, s1_ptr, dgate_ptr, ds1_ptr, dw_ptr, C, P, T, NCB, NPS,
+                         P_CHUNK, sgf, sgc, sgp, sxf, sxc, sxp, BP: tl.constexpr, BC: tl.constexpr):
+        # program (frame f, channel block cb, pixel chunk ps): per-channel partial sums over its chunk
         f = tl.program_id(0)
         cb = tl.program_id(1)
+        ps = tl.program_id(2)
         t = f % T
         f64 = f.to(tl.int64)
         oc = cb * BC + tl.arange(0, BC)
@@ -97,7 +101,7 @@ def _kernels():
         acc0 = tl.zeros([BC], dtype=tl.float32)
         acc1 = tl.zeros([BC], dtype=tl.float32)
         acc2 = tl.zeros([BC], dtype=tl.float32)
-        for p0 in range(0, P, BP):
+        for p0 in range(ps * P_CHUNK, tl.minimum(P, (ps + 1) * P_CHUNK), BP):
             op = p0 + tl.arange(0, BP)
             mp = op < P
             m = mp[:, None] & mc[None, :]
@@ -115,10 +119,11 @@ def _kernels():
             acc0 += tl.sum(ga * x0, axis=0)
             acc1 += tl.sum(ga * x1, axis=0)
             acc2 += tl.sum(ga * x2, axis=0)
-        tl.store(dgate_ptr + f64 * C + oc, acc_g, mask=mc)
-        tl.store(dw_ptr + (f64 * 3) * C + oc, acc0, mask=mc)
-        tl.store(dw_ptr + (f64 * 3 + 1) * C + oc, acc1, mask=mc)
-        tl.store(dw_ptr + (f64 * 3 + 2) * C + oc, acc2, mask=mc)
+        row = f64 * NPS + ps
+        tl.store(dgate_ptr + row * C + oc, acc_g, mask=mc)
+        tl.store(dw_ptr + (row * 3) * C + oc, acc0, mask=mc)
+        tl.store(dw_ptr + (row * 3 + 1) * C + oc, acc1, mask=mc)
+        tl.store(dw_ptr + (row * 3 + 2) * C + oc, acc2, mask=mc)
 
     @triton.jit
     def apply_bwd_input(g_ptr, w_ptr, gate_ptr, s1_ptr, dpx_ptr, dx_ptr, C, P, T, inv_p,
@@ -260,15 +265,21 @@ class _Apply(torch.autograd.Function):
         g = _fcp(g)
         _, bc, bpr = _blocks(x)
         ncb = -(-c // bc)
-        dgate = torch.empty(nt, c, device=x.device, dtype=torch.float32)
+        # split the pixel loop when frames x channel blocks alone would leave the GPU's SMs idle
+        pblocks = -(-p // bpr)
+        nps = max(1, min(pblocks, -(-_MIN_PROGRAMS // (nt * ncb)))) if x.is_cuda else min(2, pblocks)
+        chunk = -(-pblocks // nps) * bpr
+        nps = -(-p // chunk)
+        dgate = torch.empty(nt, nps, c, device=x.device, dtype=torch.float32)
         ds1 = torch.empty(nt, ncb, p, device=x.device, dtype=torch.float32)
-        dw = torch.empty(nt, 3, c, device=x.device, dtype=torch.float32)
+        dw = torch.empty(nt, nps, 3, c, device=x.device, dtype=torch.float32)
         _, _, k_red, _ = _kernels()
-        k_red[(nt, ncb)](g, x, ws, gate, s1, dgate, ds1, dw, c, p, ctx.t, ncb, *_strides(g), *_strides(x),
-                         BP=bpr, BC=bc)
+        k_red[(nt, ncb, nps)](g, x, ws, gate, s1, dgate, ds1, dw, c, p, ctx.t, ncb, nps, chunk, *_strides(g),
+                              *_strides(x), BP=bpr, BC=bc)
+        dgate = dgate.sum(1)
         if ctx.needs_input_grad[0]:
             ctx.link.saved = (g, ws, gate, s1)
-        d_ws = dw.sum(0).t().reshape(c, 1, 3).to(ctx.w_dtype) if ctx.needs_input_grad[1] else None
+        d_ws = dw.sum((0, 1)).t().reshape(c, 1, 3).to(ctx.w_dtype) if ctx.needs_input_grad[1] else None
         return None, d_ws, dgate.to(gate.dtype), ds1.sum(1).to(s1.dtype), None, None
 
 
@@ -307,11 +318,13 @@ def gated_input(mod, x: torch.Tensor, n: int, t: int) -> torch.Tensor:
     link = _Link()
     ws = mod.action_shift.weight.view(c, 3)
     rows = torch.cat([mod.action_p3_squeeze.weight.view(r, c), ws.new_full((1, c), 1.0 / c)], 0)
-    w3 = (ws.t().unsqueeze(1) * rows.unsqueeze(0)).reshape(3 * (r + 1), c, 1, 1).to(x.dtype)
+    k = 3 * (r + 1)
+    w3 = (ws.t().unsqueeze(1) * rows.unsqueeze(0)).reshape(k, c)
+    w3 = F.pad(w3, (0, 0, 0, -k % _CONV_ALIGN)).view(-1, c, 1, 1).to(x.dtype)  # zero rows up to the alignment
     if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
         w3 = w3.contiguous(memory_format=torch.channels_last)
     z, px = _Front.apply(x, w3, link, t)
-    z6 = z.view(n, t, 3, r + 1, h, w)
+    z6 = z[:, :k].view(n, t, 3, r + 1, h, w)
     y = _time_sum(z6[:, :, :, :r]).reshape(nt, r, h, w)  # channels_last when x is
     s = _time_sum(z6[:, :, :, r])  # (N, T, H, W): channel mean of the shifted x
     pooled = px.view(n, t, c) * ws[:, 1]  # spatial means of the shifted x
