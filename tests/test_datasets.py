@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 import rawtrees
 from pipelines import datasets
-from pipelines.convert import scan_folder
+from pipelines.scan import scan_folder
 from pipelines.datasets import Problems
 from pipelines.datasets import egogesture as ego
 from pipelines.errors import AnnotationError, DataError, FrameError

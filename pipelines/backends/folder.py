@@ -46,7 +46,7 @@ class FolderSource(BatchSource):
         self._files: dict = {}
 
     def files(self, key: str) -> list[str]:
-        from pipelines.convert import resolve_clip, scan_folder
+        from pipelines.scan import resolve_clip, scan_folder
 
         f = self._files.get(key)
         if f is None:
