@@ -7,8 +7,8 @@ one pool of ``workers`` processes (``fork`` on Linux, see :func:`default_start_m
 1. **read** the official annotation files (:mod:`pipelines.datasets`), sort the clips by key, shuffle them
    once with ``numpy.random.Generator(PCG64(seed))`` (one generator per split, so a split's bytes do not
    depend on which other splits are converted), then apply ``limit``;
-2. **scan** every frame folder (:mod:`pipelines.scan`; list + stat only; in ``workers`` processes): names ``<number>.jpg`` of any
-   zero-padded width, sorted by number, consecutive numbers, no zero-byte files. A video file
+2. **scan** every frame folder (:mod:`pipelines.scan`; list + stat only; in ``workers`` processes): names
+   ``<number>.jpg`` of any zero-padded width, sorted by number, consecutive numbers, no zero-byte files. A video file
    ``<folder>.webm``/``.mp4``/... may stand in for a folder: it is probed here, decoded and JPEG-encoded in
    step 4, and planned from an estimate (:mod:`pipelines.video`);
 3. **plan** the shard boundaries from the file sizes alone: a shard is closed as soon as its frame bytes
