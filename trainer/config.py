@@ -23,7 +23,7 @@ from trainer.errors import ConfigError
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 # options --resume may change: they do not change what is computed (run_dir: a run directory may be moved)
 RESUME_MAY_CHANGE = {"run_dir", "epochs", "workers", "log_interval", "ckpt_every", "ceiling_steps", "dist_timeout",
-                     "record_clips"}
+                     "record_clips", "cache_dir", "cache_max_gb"}
 
 
 class _Steps(click.ParamType):
@@ -83,6 +83,9 @@ class Config:
     dataset: str = _f("jester", click.Choice(["egogesture", "jester", "sthv2"]), "dataset (selects configs/<dataset>.toml)")
     data: str = _f("", _S, "shard directory or URI written by tools/convert_dataset.py")
     raw: str = _f("", _S, "raw tree (only for --backend folder)")
+    cache_dir: str = _f("auto", _S, "remote --data (s3://...): node-local shard cache directory (auto = under the user's "
+                                    "cache directory; none = read the frames by range requests)")
+    cache_max_gb: float = _f(0.0, _float(0.0), "remote --data: cache size limit in GB (0 = no limit)")
     backend: str = _f("torch", click.Choice(["torch", "dali", "ffcv", "folder"]), "data loader backend")
     device: str = _f("auto", click.Choice(["auto", "cpu", "cuda"]), "auto = cuda when available")
     decode_on: str = _f("workers", click.Choice(["workers", "device"]),

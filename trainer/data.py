@@ -83,7 +83,7 @@ def build(cfg: Config, info: DistInfo, split: str, mode: str, *, epoch: int = 0,
 
     kw = dict(backend=cfg.backend, mode=mode, batch_size=cfg.batch_size // info.world,
               num_segments=cfg.num_segments, size=cfg.size, rank=info.rank, world=info.world, workers=cfg.workers,
-              seed=cfg.seed, epoch=epoch, device=info.device)
+              seed=cfg.seed, epoch=epoch, device=info.device, cache_dir=cfg.cache_dir, cache_max_gb=cfg.cache_max_gb)
     if cfg.backend == "folder":
         kw["raw"] = cfg.raw
     if cfg.decode_on == "device":
