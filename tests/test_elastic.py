@@ -3,8 +3,9 @@
 * A 2-rank run killed mid-epoch resumes on 1 rank and on 3 ranks: both finish, and every global step trains
   the same clips as the uninterrupted 2-rank run (``--record-clips``), which are the epoch order's
   ``order[s*B:(s+1)*B]``.
-* Two torchrun "nodes" on localhost (c10d rendezvous, one rank each) give the same weights, losses and clips as
-  one node with 2 ranks.
+* Two torchrun "nodes" on localhost (c10d rendezvous, one rank each, each with its own shard cache) reading the
+  shards from an S3 server on 127.0.0.1 (moto) give the same weights, losses and clips as one node with 2 ranks
+  reading them from local disk.
 
 Tiny: ResNet-18 ACTION, 2 segments of 32 px, global batch 6 over 36 train clips (6 steps per epoch), 2 epochs.
 """
@@ -167,16 +168,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_nodes_on_localhost_equal_one_node_with_two_ranks(shards, reference, tmp_path):
+def test_two_nodes_on_localhost_from_s3_equal_one_node_with_two_ranks(shards, reference, tmp_path, s3_server):
+    """Each "node" has its own shard cache, filled from the same s3:// copy of the shards the reference read
+    from local disk."""
+    import pyarrow.fs as pafs
+
+    remote = s3_server.bucket("elastic") + "/jester"
+    s3, root = pafs.FileSystem.from_uri(remote)
+    pafs.copy_files(str(shards), root, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=s3)
     run, port = tmp_path / "nodes", _free_port()
     procs = []
     for node in (0, 1):
         cmd = [TORCHRUN, "--nnodes", "2", "--node-rank", str(node), "--nproc-per-node", "1", "--rdzv-backend",
                "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "elastic-test", "--rdzv-conf",
-               f"is_host={int(node == 0)}", str(ROOT / "train.py"), "train", "--data", str(shards),
-               "--run-dir", str(run), *ARGS]
-        procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
-                                      start_new_session=True))
+               f"is_host={int(node == 0)}", str(ROOT / "train.py"), "train", "--data", remote,
+               "--cache-dir", str(tmp_path / f"cache-node{node}"), "--run-dir", str(run), *ARGS]
+        procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                      env={**ENV, **s3_server.env()}, start_new_session=True))
     try:
         outs = [p.communicate(timeout=300) for p in procs]
     finally:
@@ -196,3 +204,6 @@ def test_two_nodes_on_localhost_equal_one_node_with_two_ranks(shards, reference,
         return [x["loss"] for x in map(json.loads, (r / "metrics.jsonl").read_text().splitlines()) if x["kind"] == "train"]
     assert losses(run) == losses(reference)
     assert _sets(run) == _sets(reference)
+    for node in (0, 1):  # each node filled its own cache with the train split's shards
+        cached = {f.name for f in (tmp_path / f"cache-node{node}").rglob("shard-*.arrow") if f.parent.name == "train"}
+        assert cached and cached == {f.name for f in (shards / "train").glob("shard-*.arrow")}, node
