@@ -176,10 +176,10 @@ def _resize_into(x, out) -> bool:
 # bit-identical to a full decode (pixels outside the region are never read). See README "ROI decode".
 
 # Time of a region decode relative to a full one (simplejpeg), fitted on 320x240 q90 frames (README "ROI
-# decode"): libjpeg-turbo stops after the region's last row but still entropy-decodes the rows it skips above,
-# which is most of the work on such frames; cropping columns measured slower, not faster (nvImageCodec re-aligns
-# every cropped row), so the region is always whole rows.
-ROI_COST = (0.19, 0.92, -0.3)  # constant, * y1/H, * y0/H
+# decode"): nvImageCodec's whole-frame decode is ~1.15x simplejpeg's; libjpeg-turbo stops after the region's last
+# row but still entropy-decodes the rows it skips above, which is most of the work. Cropping columns measured
+# anywhere from 0.25 cheaper to 0.25 dearer from run to run, so regions are whole rows.
+ROI_COST = (0.13, 1.02, -0.45)  # constant, * y1/H, * y0/H
 ROI_MAX_COST = 0.9  # decode a region only where it is predicted to save at least 10 %
 ROI_MARGIN = 1  # source pixels added on each side: float rounding of the filter bounds, libjpeg's crop edges
 
@@ -224,15 +224,15 @@ def read_region(plan: ClipPlan, height: int, width: int, *, fused: bool | str = 
 
 def roi_cost(y0: int, y1: int, height: int) -> float:
     """Predicted time of decoding rows ``[y0, y1)`` of a ``height``-row JPEG relative to a full decode
-    (:data:`ROI_COST`). E.g. the top half: 0.19 + 0.92 * 0.5 = 0.65."""
+    (:data:`ROI_COST`). E.g. the top half: 0.13 + 1.02 * 0.5 = 0.64."""
     c0, c_end, c_skip = ROI_COST
     return c0 + c_end * y1 / height + c_skip * y0 / height
 
 
 def clip_region(plans, height: int, width: int, *, fused: bool | str = "auto",
                 max_cost: float | None = None) -> tuple[int, int, int, int] | None:
-    """The rows that cover :func:`read_region` of every view in ``plans`` (one clip), as the region ``(0, y0,
-    width, y1)``, or None when decoding them is not predicted to be cheaper than a full decode by enough
+    """The whole rows that cover :func:`read_region` of every view in ``plans`` (one clip), as the region ``(0,
+    y0, width, y1)``, or None when decoding them is not predicted to be cheaper than a full decode by enough
     (:func:`roi_cost` above ``max_cost``, default :data:`ROI_MAX_COST`)."""
     rs = [read_region(p, height, width, fused=fused) for p in plans]
     y0, y1 = min(r[1] for r in rs), max(r[3] for r in rs)
@@ -250,7 +250,7 @@ class RoiDecoder:
     upsampling; tested)."""
 
     def __init__(self):
-        import nvidia.nvimgcodec as nvimgcodec  # optional (installed with DALI); ImportError when absent
+        import nvidia.nvimgcodec as nvimgcodec  # noqa: PLR0402 - optional (with DALI); ImportError when absent
 
         self._nv = nvimgcodec
         self._dec = nvimgcodec.Decoder(device_id=nvimgcodec.NVIMGCODEC_DEVICE_CPU_ONLY, max_num_cpu_threads=1,
