@@ -283,15 +283,52 @@ class _Apply(torch.autograd.Function):
         return None, d_ws, dgate.to(gate.dtype), ds1.sum(1).to(s1.dtype), None, None
 
 
-def _time_sum(zk: torch.Tensor) -> torch.Tensor:
-    """``zk`` (N, T, 3, ...) -> ``out[:, t] = zk[:, t-1, 0] + zk[:, t, 1] + zk[:, t+1, 2]`` (zero outside the
-    clip): the squeeze of the shifted input from the squeezes of the unshifted one. Output dense, in the
-    stride order of ``zk`` (channels_last stays channels_last)."""
-    out = zk[:, :, 1].clone()
-    if zk.shape[1] > 1:
-        out[:, 1:] += zk[:, :-1, 0]
-        out[:, :-1] += zk[:, 1:, 2]
-    return out
+class _TimeSum(torch.autograd.Function):
+    """From ``z`` (N·T, ≥3·(r+1), H, W), the squeeze of the unshifted input with rows ``[k][r+1]``: ``y[:, t] =
+    z0[:, t-1] + z1[:, t] + z2[:, t+1]`` for the first r rows of each group (zero outside the clip) and the same
+    sum ``s`` for row r: the squeeze and the channel mean of the shifted input. ``y`` is dense in ``z``'s layout
+    (channels_last stays channels_last, so batch norm gets its fast kernel). Backward writes ``g_z`` once,
+    where autograd's slice/select backwards would build and add a zero-filled ``z``-sized tensor per slice."""
+
+    @staticmethod
+    def forward(ctx, z, n, t, r):  # noqa: D102
+        nt, kp, h, w = z.shape
+        z6 = z[:, :3 * (r + 1)].view(n, t, 3, r + 1, h, w)
+        y = z6[:, :, 1, :r].clone()  # dense, in z's stride order
+        s = z6[:, :, 1, r].clone()
+        if t > 1:
+            y[:, 1:] += z6[:, :-1, 0, :r]
+            y[:, :-1] += z6[:, 1:, 2, :r]
+            s[:, 1:] += z6[:, :-1, 0, r]
+            s[:, :-1] += z6[:, 1:, 2, r]
+        ctx.dims = (n, t, r, nt, kp, h, w)
+        ctx.fmt = torch.channels_last if z.is_contiguous(memory_format=torch.channels_last) and not \
+            z.is_contiguous() else torch.contiguous_format
+        return y.view(nt, r, h, w), s
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gy, gs):  # noqa: D102
+        n, t, r, nt, kp, h, w = ctx.dims
+        ref = gy if gy is not None else gs
+        gz = torch.empty((nt, kp, h, w), dtype=ref.dtype, device=ref.device, memory_format=ctx.fmt)
+        gz[:, 3 * (r + 1):].zero_()
+        g6 = gz[:, :3 * (r + 1)].view(n, t, 3, r + 1, h, w)
+        for rows, g in ((slice(0, r), gy), (r, gs)):
+            if g is None:
+                g6[:, :, :, rows].zero_()
+                continue
+            g = g.reshape((n, t, r, h, w) if rows != r else (n, t, h, w))
+            g6[:, :, 1, rows].copy_(g)
+            if t > 1:  # transpose of the time shifts: tap 0 fed frame t+1, tap 2 frame t-1
+                g6[:, :-1, 0, rows].copy_(g[:, 1:])
+                g6[:, -1, 0, rows].zero_()
+                g6[:, 1:, 2, rows].copy_(g[:, :-1])
+                g6[:, 0, 2, rows].zero_()
+            else:
+                g6[:, :, 0, rows].zero_()
+                g6[:, :, 2, rows].zero_()
+        return gz, None, None, None
 
 
 def _check_device(x: torch.Tensor) -> None:
@@ -324,9 +361,7 @@ def gated_input(mod, x: torch.Tensor, n: int, t: int) -> torch.Tensor:
     if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
         w3 = w3.contiguous(memory_format=torch.channels_last)
     z, px = _Front.apply(x, w3, link, t)
-    z6 = z[:, :k].view(n, t, 3, r + 1, h, w)
-    y = _time_sum(z6[:, :, :, :r]).reshape(nt, r, h, w)  # channels_last when x is
-    s = _time_sum(z6[:, :, :, r])  # (N, T, H, W): channel mean of the shifted x
+    y, s = _TimeSum.apply(z, n, t, r)  # (N·T, r, H, W) channels_last when x is; (N, T, H, W)
     pooled = px.view(n, t, c) * ws[:, 1]  # spatial means of the shifted x
     if t > 1:
         pooled = pooled + F.pad(px.view(n, t, c)[:, :-1] * ws[:, 0], (0, 0, 1, 0)) \
