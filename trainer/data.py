@@ -79,11 +79,11 @@ def check(cfg: Config, world: int) -> list[str]:
 # ------------------------------------------------------------------------------------------------ loaders
 def build(cfg: Config, info: DistInfo, split: str, mode: str, *, epoch: int = 0, **extra):
     """The loader of ``split`` for this rank (per-rank batch = global batch / world), delivering uint8."""
-    from pipelines import build_loader
+    from pipelines.loader import LoaderSpec, build_loader
 
     kw = dict(backend=cfg.backend, mode=mode, batch_size=cfg.batch_size // info.world,
               num_segments=cfg.num_segments, size=cfg.size, rank=info.rank, world=info.world, workers=cfg.workers,
-              seed=cfg.seed, epoch=epoch, device=info.device, cache_dir=cfg.cache_dir, cache_max_gb=cfg.cache_max_gb)
+              seed=cfg.seed, device=info.device, cache_dir=cfg.cache_dir, cache_max_gb=cfg.cache_max_gb)
     if cfg.backend == "folder":
         kw["raw"] = cfg.raw
     if cfg.decode_on == "device":
@@ -91,7 +91,9 @@ def build(cfg: Config, info: DistInfo, split: str, mode: str, *, epoch: int = 0,
     if mode == "train" and cfg.flip:
         kw["flip"] = True
     kw.update(extra)
-    return build_loader(cfg.data, split, **kw)
+    loader = build_loader(LoaderSpec.of(cfg.data, split, **kw))  # backend options (decode_device) go to .options
+    loader.set_epoch(epoch)
+    return loader
 
 
 class SyntheticLoader:
