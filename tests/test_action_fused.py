@@ -37,7 +37,10 @@ def device():
     from action import fused_action as FA
 
     if torch.cuda.is_available():
-        yield "cuda"
+        with pytest.MonkeyPatch.context() as mp:  # fp32 means fp32: no TF32 in cuDNN / cuBLAS for these checks
+            mp.setattr(torch.backends.cudnn, "allow_tf32", False)
+            mp.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+            yield "cuda"
         return
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TRITON_INTERPRET", "1")
