@@ -284,6 +284,7 @@ class RoiDecoder:
 
 
 _LOCAL = None
+_INHERITED: list = []  # decoders a forked child inherited: never destroyed there (their threads did not fork)
 
 
 def roi_decoder() -> RoiDecoder | None:
@@ -296,6 +297,8 @@ def roi_decoder() -> RoiDecoder | None:
         _LOCAL = threading.local()
     got = getattr(_LOCAL, "dec", None)
     if got is None or got[0] != os.getpid():
+        if got is not None:
+            _INHERITED.append(got)
         try:
             got = (os.getpid(), RoiDecoder())
         except (ImportError, OSError, RuntimeError):

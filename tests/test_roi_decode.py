@@ -249,6 +249,10 @@ def test_threads_and_corrupt_frames_with_roi_decode(trees, count_roi, tmp_path):
     want = list(build_loader(trees["jester"], "train", workers=0, roi_decode=False, **args))
     got = list(build_loader(trees["jester"], "train", workers=2, executor="threads", roi_decode=True, **args))
     assert all(torch.equal(a, b) for (a, _), (b, _) in zip(got, want)) and all(count_roi)
+    # DataLoader processes forked from a process whose thread already holds a decoder make their own
+    assert decode.roi_decoder() is not None
+    procs = list(build_loader(trees["jester"], "train", workers=2, executor="processes", roi_decode=True, **args))
+    assert all(torch.equal(a, b) for (a, _), (b, _) in zip(procs, want)) and len(procs) == len(want)
     # a truncated frame is named exactly as without ROI decode
     from test_loader import corrupt_copy
 
