@@ -23,6 +23,7 @@ triton is imported on first use only (the product runs without it); on CPU tenso
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 
@@ -182,6 +183,11 @@ def _blocks(x: torch.Tensor) -> tuple[int, int, int]:
     return GPU_BLOCKS if x.is_cuda else CPU_BLOCKS
 
 
+def _on(x: torch.Tensor):
+    """Triton launches on the current CUDA device: make it ``x``'s (a process may hold several GPUs)."""
+    return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
+
+
 class _Link:
     """Hands the apply backward's output gradient to the front backward (autograd runs it later)."""
 
@@ -234,8 +240,9 @@ class _Front(torch.autograd.Function):
         bp, bc, _ = _blocks(x)
         _, _, _, k_in = _kernels()
         grid = (nt, -(-(h * w) // bp), -(-c // bc))
-        k_in[grid](g, ws, gate, s1, dpx, gx, c, h * w, ctx.t, 1.0 / (h * w), *_strides(g), *_strides(gx),
-                   HAS_DX=has_dx, HAS_DPX=has_dpx, BP=bp, BC=bc)
+        with _on(x):
+            k_in[grid](g, ws, gate, s1, dpx, gx, c, h * w, ctx.t, 1.0 / (h * w), *_strides(g), *_strides(gx),
+                       HAS_DX=has_dx, HAS_DPX=has_dpx, BP=bp, BC=bc)
         return gx, gw, None, None
 
 
@@ -251,7 +258,8 @@ class _Apply(torch.autograd.Function):
         bp, bc, _ = _blocks(x)
         _, k_fwd, _, _ = _kernels()
         grid = (nt, -(-(h * w) // bp), -(-c // bc))
-        k_fwd[grid](x, out, ws, gate, s1, c, h * w, t, *_strides(x), *_strides(out), BP=bp, BC=bc)
+        with _on(x):
+            k_fwd[grid](x, out, ws, gate, s1, c, h * w, t, *_strides(x), *_strides(out), BP=bp, BC=bc)
         ctx.save_for_backward(x, ws, gate, s1)
         ctx.link, ctx.t, ctx.w_dtype = link, t, w_shift.dtype
         return out
@@ -274,8 +282,9 @@ class _Apply(torch.autograd.Function):
         ds1 = torch.empty(nt, ncb, p, device=x.device, dtype=torch.float32)
         dw = torch.empty(nt, nps, 3, c, device=x.device, dtype=torch.float32)
         _, _, k_red, _ = _kernels()
-        k_red[(nt, ncb, nps)](g, x, ws, gate, s1, dgate, ds1, dw, c, p, ctx.t, ncb, nps, chunk, *_strides(g),
-                              *_strides(x), BP=bpr, BC=bc)
+        with _on(x):
+            k_red[(nt, ncb, nps)](g, x, ws, gate, s1, dgate, ds1, dw, c, p, ctx.t, ncb, nps, chunk, *_strides(g),
+                                  *_strides(x), BP=bpr, BC=bc)
         dgate = dgate.sum(1)
         if ctx.needs_input_grad[0]:
             ctx.link.saved = (g, ws, gate, s1)
