@@ -8,19 +8,14 @@ Two executors produce a clip as uint8 ``(T, 3, H, W)``:
   identity.
 * :func:`run_plan_torch` -- the same steps with ``torch.nn.functional.interpolate(mode="bilinear",
   antialias=True, align_corners=False)`` on uint8 channels-last tensors (PyTorch's vectorised uint8 path that
-  reproduces PIL's separable antialiased filter). Measured on 320x240 frames it is ~5x faster than PIL and
-  differs from the reference by at most 1 grey level per resize step on a few pixels in a thousand
-  (tests state the bound: max |diff| <= 2, mean |diff| < 0.05). Also runs on CUDA tensors.
+  reproduces PIL's separable antialiased filter): several times faster than PIL, within 1 grey level per resize
+  step of the reference on a few pixels in a thousand (tests state the bound). Also runs on CUDA tensors.
   With ``fused=True`` (or ``"auto"`` where the reference resamples twice) it resizes once, from the crop window
-  mapped to the source. Measured per 320x240 frame -> 224x224, one core: decode 0.27 ms; pre-resize + crop +
-  resize 0.17 ms; fused 0.057 ms; PIL reference 0.93 ms; writing into NCHW instead of channels-last memory
-  costs another ~0.05 ms (a layout pass). libjpeg-turbo's fast IDCT / plain upsampling save < 5 % here
-  (entropy decoding dominates on q90 camera-like frames).
+  mapped to the source. Writing into channels-last memory avoids a layout pass.
 
-Decoding uses libjpeg-turbo through ``simplejpeg`` (measured on 320x240 q90 frames: simplejpeg 0.24 ms,
-``torchvision.io.decode_jpeg`` 0.25 ms, PIL ``open + convert`` 0.31 ms; all three give bit-identical pixels
-here since they all link libjpeg-turbo with the same ISLOW DCT and fancy upsampling). ``strict=True`` turns
-libjpeg warnings (truncated data) into errors. The optional DCT-domain downscale (``dct_scale=True``) decodes
+Decoding uses libjpeg-turbo through ``simplejpeg`` (simplejpeg, ``torchvision.io.decode_jpeg`` and PIL give
+bit-identical pixels here: they all link libjpeg-turbo with the same ISLOW DCT and fancy upsampling).
+``strict=True`` turns libjpeg warnings (truncated data) into errors. The optional DCT-domain downscale (``dct_scale=True``) decodes
 at 1/2, 1/4 or 1/8 size when the pre-resize shrinks the frame by at least that much; it changes pixels, so it is
 off by default.
 """

@@ -39,7 +39,9 @@ Options: ``resample`` --
 with ``torchvision.io.decode_jpeg(device="cuda")`` in one batched call and resamples on the GPU; ``"cpu"`` runs
 the same path on the CPU, for tests; ``on_bad="replace"`` is not available on this path, and ``"pil"`` runs as
 ``"torch"`` there),
-``prefetch_factor`` (2), ``executor``, ``channels_last``.
+``roi_decode`` (False; decode only the rows and columns the resampling reads, with nvImageCodec's CPU decoder,
+pixels unchanged: :func:`pipelines.decode.decode_clip_roi`), ``prefetch_factor`` (2), ``executor``,
+``channels_last``.
 
 Batches are uint8 (the consumer normalises on its device, :func:`pipelines.presets.normalize`); for CUDA they
 are filled in page-locked memory and copied non-blocking.
