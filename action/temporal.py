@@ -35,6 +35,8 @@ check both agree in train and eval mode, forward and backward.
 """
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -93,18 +95,21 @@ SHIFT_IMPL = "auto"
 # "auto" (default) = the fused Triton kernels of action/fused_action.py on CUDA tensors when triton imports, the
 #     torch path of this module otherwise; "triton" = the Triton kernels on any device (CPU tensors need
 #     TRITON_INTERPRET=1: tests); "torch" = this module's path. Under torch.compile the torch path always runs
-#     (the kernels' autograd Functions are eager-only; inductor fuses the torch path itself).
+#     (the kernels' autograd Functions are eager-only; inductor fuses the torch path itself). While it is "auto",
+#     the environment variable ACTION_IMPL (same values) decides, so `ACTION_IMPL=torch python train.py ...` works.
 ACTION_IMPL = "auto"
 
 
 def _use_triton(x: torch.Tensor) -> bool:
-    if ACTION_IMPL == "torch":
+    impl = ACTION_IMPL if ACTION_IMPL != "auto" else (os.environ.get("ACTION_IMPL") or "auto")
+    if impl == "torch":
         return False
-    if ACTION_IMPL not in ("auto", "triton"):
-        raise ValueError(f"action.temporal.ACTION_IMPL must be 'auto', 'triton' or 'torch', not {ACTION_IMPL!r}")
+    if impl not in ("auto", "triton"):
+        raise ValueError(f"ACTION_IMPL must be 'auto', 'triton' or 'torch', not {impl!r} "
+                         f"(action.temporal.ACTION_IMPL / the ACTION_IMPL environment variable)")
     if torch.compiler.is_compiling():  # the kernels' Functions are eager-only
         return False
-    if ACTION_IMPL == "triton":
+    if impl == "triton":
         return True
     if not x.is_cuda:
         return False

@@ -221,9 +221,21 @@ def test_kernels_compile_for_the_h200(tmp_path):
 
 def test_dispatch_and_errors(monkeypatch):
     x = torch.randn(4, 32, 3, 3)
+    monkeypatch.delenv("ACTION_IMPL", raising=False)
     for impl, want in (("auto", False), ("torch", False), ("triton", True)):
         monkeypatch.setattr(AT, "ACTION_IMPL", impl)
         assert AT._use_triton(x) is want, impl  # CPU tensors: auto keeps the torch path
+    # the environment variable decides while the attribute is "auto"; an explicit attribute wins
+    monkeypatch.setenv("ACTION_IMPL", "triton")
+    monkeypatch.setattr(AT, "ACTION_IMPL", "auto")
+    assert AT._use_triton(x) is True
+    monkeypatch.setattr(AT, "ACTION_IMPL", "torch")
+    assert AT._use_triton(x) is False
+    monkeypatch.setenv("ACTION_IMPL", "cuda")
+    monkeypatch.setattr(AT, "ACTION_IMPL", "auto")
+    with pytest.raises(ValueError, match="ACTION_IMPL must be"):
+        AT._use_triton(x)
+    monkeypatch.delenv("ACTION_IMPL")
     monkeypatch.setattr(AT, "ACTION_IMPL", "cuda")
     with pytest.raises(ValueError, match="ACTION_IMPL must be"):
         AT._use_triton(x)
