@@ -42,6 +42,19 @@ class ClipMeta:
     width: int
 
 
+def locate(i: int, shard_starts: np.ndarray, batch_starts, split: str) -> tuple[int, int, int]:
+    """``(shard, record batch, row)`` of row ``i`` of a split from the cumulative clip counts of its shards and
+    ``batch_starts(shard)``, the cumulative row counts of that shard's record batches (two binary searches)."""
+    n = int(shard_starts[-1])
+    if not 0 <= i < n:
+        raise IndexError(f"clip {i} out of range for split {split!r} with {n} clips")
+    s = int(np.searchsorted(shard_starts, i, side="right")) - 1
+    r = i - int(shard_starts[s])
+    starts = batch_starts(s)
+    b = int(np.searchsorted(starts, r, side="right")) - 1
+    return s, b, r - int(starts[b])
+
+
 class _Shard:
     """One memory-mapped shard: record batches and their row offsets."""
 
@@ -151,14 +164,7 @@ class ShardDataset:
 
     def locate(self, i: int) -> tuple[int, int, int]:
         """``(shard, batch, row)`` of clip ``i`` (O(log shards + log batches))."""
-        n = len(self)
-        if not 0 <= i < n:
-            raise IndexError(f"clip {i} out of range for split {self.split!r} with {n} clips")
-        s = int(np.searchsorted(self.shard_starts, i, side="right")) - 1
-        r = i - int(self.shard_starts[s])
-        sh = self._shard(s)
-        b = int(np.searchsorted(sh.starts, r, side="right")) - 1
-        return s, b, r - int(sh.starts[b])
+        return locate(i, self.shard_starts, lambda s: self._shard(s).starts, self.split)
 
     def _row(self, i: int):
         s, b, r = self.locate(i)

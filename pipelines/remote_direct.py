@@ -293,13 +293,9 @@ class RemoteShardDataset:
 
     def locate(self, i: int) -> tuple[int, int, int]:
         """``(shard, batch, row)`` of clip ``i``."""
-        n = len(self)
-        if not 0 <= i < n:
-            raise IndexError(f"clip {i} out of range for split {self.split!r} with {n} clips")
-        s = int(np.searchsorted(self.shard_starts, i, side="right")) - 1
-        r = i - int(self.shard_starts[s])
-        b = int(np.searchsorted(self._starts[s], r, side="right")) - 1
-        return s, b, r - int(self._starts[s][b])
+        from pipelines.reader import locate
+
+        return locate(i, self.shard_starts, self._starts.__getitem__, self.split)
 
     def metadata(self) -> dict:
         """Column arrays over the split (as ShardDataset's); from the index, no frame bytes read."""
