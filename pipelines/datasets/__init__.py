@@ -149,6 +149,24 @@ def _check_id(vid: str, path: str) -> DataError | None:
     return None
 
 
+def label_of(name: str, index: dict, where: str, labels_file: str, problems: Problems) -> int | None:
+    """The label of class ``name``, or None after reporting an unknown name (the readers' one wording)."""
+    if name not in index:
+        problems(bad(AnnotationError, where, f"unknown label name {name!r}",
+                     f"not one of the {len(index)} names in {labels_file}"))
+        return None
+    return index[name]
+
+
+def add_unique(out: list, seen: set, ref: ClipRef, problems: Problems) -> None:
+    """Append ``ref`` unless its id was listed already (then report the duplicate)."""
+    if ref.key in seen:
+        problems(bad(AnnotationError, ref.source, f"duplicate id {ref.key!r}"))
+        return
+    seen.add(ref.key)
+    out.append(ref)
+
+
 @functools.lru_cache(maxsize=None)
 def get(name: str) -> DatasetSpec:
     """The :class:`DatasetSpec` registered as ``name`` (``egogesture``, ``jester``, ``sthv2``)."""

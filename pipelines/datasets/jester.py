@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 
-from pipelines.datasets import ClipRef, DatasetSpec, Problems, _check_id, bad
+from pipelines.datasets import ClipRef, DatasetSpec, Problems, _check_id, add_unique, bad, label_of
 from pipelines.errors import AnnotationError
 
 CLASSES = (
@@ -78,20 +78,13 @@ def read(raw: str, split: str, problems: Problems, *, classes: list[str] | None 
             problems(bad(AnnotationError, where, f"expected 'id;Label name', got {line.strip()!r}"))
             continue
         if len(parts) == 2:
-            name = parts[1].strip()
-            if name not in index:
-                problems(bad(AnnotationError, where, f"unknown label name {name!r}",
-                             f"not one of the {len(classes)} names in {LABELS_FILE}"))
+            label = label_of(parts[1].strip(), index, where, LABELS_FILE, problems)
+            if label is None:
                 continue
-            label = index[name]
         elif split != "test":
             problems(bad(AnnotationError, where, f"row {line.strip()!r} has no label (expected 'id;Label name')"))
             continue
-        if vid in seen:
-            problems(bad(AnnotationError, where, f"duplicate id {vid!r}"))
-            continue
-        seen.add(vid)
-        out.append(ClipRef(key=vid, label=label, folder=f"frames/{vid}", source=where))
+        add_unique(out, seen, ClipRef(key=vid, label=label, folder=f"frames/{vid}", source=where), problems)
     return out
 
 

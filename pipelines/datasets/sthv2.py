@@ -20,7 +20,7 @@ import json
 import logging
 import os
 
-from pipelines.datasets import ClipRef, DatasetSpec, Problems, _check_id, bad
+from pipelines.datasets import ClipRef, DatasetSpec, Problems, _check_id, add_unique, bad, label_of
 from pipelines.errors import AnnotationError
 
 log = logging.getLogger(__name__)
@@ -127,20 +127,13 @@ def read(raw: str, split: str, problems: Problems, *, classes: list[str] | None 
             if not isinstance(t, str):
                 problems(bad(AnnotationError, where, f"template {t!r} is not a string"))
                 continue
-            name = t.replace("[", "").replace("]", "")
-            if name not in index:
-                problems(bad(AnnotationError, where, f"unknown label name {name!r}",
-                             f"not one of the {len(classes)} names in {LABELS_FILE}"))
+            label = label_of(t.replace("[", "").replace("]", ""), index, where, LABELS_FILE, problems)
+            if label is None:
                 continue
-            label = index[name]
         elif split != "test":
             problems(bad(AnnotationError, where, f"entry {vid!r} has no 'template'"))
             continue
-        if vid in seen:
-            problems(bad(AnnotationError, where, f"duplicate id {vid!r}"))
-            continue
-        seen.add(vid)
-        out.append(ClipRef(key=vid, label=label, folder=f"{media}/{vid}", source=where))
+        add_unique(out, seen, ClipRef(key=vid, label=label, folder=f"{media}/{vid}", source=where), problems)
     return out
 
 
