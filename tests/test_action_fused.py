@@ -4,8 +4,8 @@ channels_last and contiguous, train and eval; plus the dispatch and the product 
 
 On a CPU-only host the kernels run in Triton's interpreter (TRITON_INTERPRET=1, set for this module before the
 kernels are first built) on CPU tensors; on a CUDA host the same tests run the compiled kernels on the GPU.
-Tolerances (relative to the reference's largest |value| / its norm): fp32 1e-5, bf16 autocast 2e-2 (the
-bf16 torch path is off by the same order: 0.5-0.9 % measured at these shapes).
+Tolerances, relative to the fp32 reference's norm (and 4x that for its largest |value| in bf16): fp32 1e-5
+(measured <= 1.7e-6), bf16 autocast 2e-2 (measured 0.2-0.9 %; bf16 rounding, which the torch path has too).
 """
 from __future__ import annotations
 
@@ -108,7 +108,7 @@ def test_fused_matches_official_formulation(device, case, monkeypatch):
     _check(xf.grad, xr.grad, tol, "x grad")
     grads = dict(ref.named_parameters())
     for name, p in mod.named_parameters():
-        _check(p.grad, grads[name].grad, tol * (3 if name == "action_p3_conv1.weight" else 1), f"{name} grad")
+        _check(p.grad, grads[name].grad, tol, f"{name} grad")
     if kw.get("train", True):  # BN running statistics moved as the official module's
         _check(mod.action_p3_bn1.running_var, ref.action_p3_bn1.running_var, tol, "running_var")
         _check(mod.action_p3_bn1.running_mean, ref.action_p3_bn1.running_mean, max(tol, 1e-4), "running_mean")
