@@ -132,8 +132,9 @@ def chart(results: dict, path: str) -> None:
     ax.set_title(f"Conversion throughput: {results['frames']} frames, {results['raw_mb']:.0f} MB")
     ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path + ".tmp.png")
-    os.replace(path + ".tmp.png", path)
+    from pipelines.storage import save_figure
+
+    save_figure(fig, path)
     plt.close(fig)
 
 
@@ -188,9 +189,9 @@ def main(argv=None) -> int:
     res["target_met"] = res["ratio_w2_vs_tar"] >= 0.5
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "bench_convert.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump(res, f, indent=1)
-    os.replace(path + ".tmp", path)
+    from pipelines.storage import atomic_write_json
+
+    atomic_write_json(path, res, indent=1)
     chart(res, os.path.join(args.out, "bench_convert.png"))
     print(json.dumps(res, indent=1))
     return 0

@@ -266,12 +266,15 @@ def chart(res: dict, path: str) -> None:
     ax2.legend(fontsize=8, loc="upper left")
     fig.suptitle(f"SSv2 videos: {res['speedup']:.2f}x faster end to end, no intermediate tree", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path + ".tmp.png")
-    os.replace(path + ".tmp.png", path)
+    from pipelines.storage import save_figure
+
+    save_figure(fig, path)
     plt.close(fig)
 
 
 def main(argv=None) -> int:
+    from pipelines.storage import atomic_write_json
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="bench/results", help="folder for bench_convert_video.json/.png")
     ap.add_argument("--raw-dir", default="data/bench/raw-sthv2-videos", help="generated videos (cached)")
@@ -289,9 +292,7 @@ def main(argv=None) -> int:
     if args.decoders_only:
         res = json.load(open(path))
         res["decoders"] = decoders(os.path.abspath(args.raw_dir), args.error_sample)
-        with open(path + ".tmp", "w") as f:
-            json.dump(res, f, indent=1)
-        os.replace(path + ".tmp", path)
+        atomic_write_json(path, res, indent=1)
         print(json.dumps(res["decoders"], indent=1))
         return 0
     if args.videos < 200:
@@ -339,9 +340,7 @@ def main(argv=None) -> int:
     res["target_met"] = res["speedup"] >= 2.0
     res["decoders"] = decoders(raw, args.error_sample)
     os.makedirs(args.out, exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        json.dump(res, f, indent=1)
-    os.replace(path + ".tmp", path)
+    atomic_write_json(path, res, indent=1)
     chart(res, os.path.join(args.out, "bench_convert_video.png"))
     print(json.dumps({k: res[k] for k in ("videos", "frames", "speedup", "cpu_ratio", "disk_ratio", "target_met")},
                      indent=1))

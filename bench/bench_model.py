@@ -225,9 +225,9 @@ def main(argv: list[str] | None = None) -> int:
         "not_measured": "GPU (CUDA) and torch.compile timings: no GPU on this machine",
     }
     name = f"bench_model{args.tag}"
-    tmp = out / f"{name}.json.tmp"
-    tmp.write_text(json.dumps(results, indent=2))
-    os.replace(tmp, out / f"{name}.json")
+    from pipelines.storage import atomic_write_json
+
+    atomic_write_json(out / f"{name}.json", results)
     plot(results, out / f"{name}.png")
     print(f"wrote {out / (name + '.json')} and {out / (name + '.png')}; verdict: {results['verdict']}")
     return 0

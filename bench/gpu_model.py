@@ -14,7 +14,6 @@ Needs a CUDA device (it is a GPU benchmark; on CPU use ``make bench-model``).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -207,10 +206,9 @@ def main(argv=None) -> int:
            "machine": {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
                        "python": platform.python_version(), "cpus": os.cpu_count()}}
     if args.json:
-        tmp = args.json + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(out, f, indent=1)
-        os.replace(tmp, args.json)
+        from pipelines.storage import atomic_write_json
+
+        atomic_write_json(args.json, out, indent=1)
     return 0
 
 

@@ -23,6 +23,8 @@ import os
 
 import numpy as np
 
+from pipelines import storage
+
 log = logging.getLogger(__name__)
 
 FIELDS = ("index", "label", "num_frames", "height", "width", "frames")
@@ -122,18 +124,13 @@ def to_beton(shards: str, split: str, out: str | None = None, *, workers: int = 
     while page < need:
         page *= 2
     os.makedirs(os.path.dirname(os.path.abspath(out)) or ".", exist_ok=True)
-    tmp = f"{out}.tmp-{os.getpid()}"
     fields = {"index": IntField(), "label": IntField(), "num_frames": IntField(), "height": IntField(),
               "width": IntField(), "frames": BytesField()}
-    try:
-        writer = DatasetWriter(tmp, fields, page_size=page, num_workers=max(1, int(workers)))
+    with storage.atomic_path(out) as tmp:
+        writer = DatasetWriter(str(tmp), fields, page_size=page, num_workers=max(1, int(workers)))
         sink = contextlib.nullcontext() if progress else contextlib.redirect_stderr(io.StringIO())
         with sink:
             writer.from_indexed_dataset(rows, chunksize=16)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     log.info("wrote %s (%d clips)", out, len(rows))
     return out
 

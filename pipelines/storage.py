@@ -198,6 +198,12 @@ def atomic_write_json(path, obj, *, indent: int | None = 2) -> None:
     atomic_write(path, json.dumps(obj, indent=indent) + "\n")
 
 
+def save_figure(fig, path, **kw) -> None:
+    """``fig.savefig`` (matplotlib) to the local ``path`` atomically; the format follows ``path``'s suffix."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png", **kw)
+
+
 # ----------------------------------------------------------------------------------------------- reading
 def read_json(fs: pafs.FileSystem, path: str):
     """Parsed JSON at ``path`` or None if it is missing/unreadable/not JSON."""

@@ -594,10 +594,9 @@ def _render_unit(args) -> tuple[int, int, int, list[str]]:
 def _write_text(path: str, text: str) -> None:
     """Write ``text`` to ``path`` atomically (temporary name, then rename)."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    from pipelines.storage import atomic_write
+
+    atomic_write(path, text)
 
 
 def _write_annotations(root: str, p: Params, table: list[dict], units: list[dict], shapes: dict) -> None:

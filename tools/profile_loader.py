@@ -281,9 +281,9 @@ def plot(results: list, ceiling: dict, num_segments: int, path: str, title: str)
     ax.set_ylabel("clips / s")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=120)
-    os.replace(tmp, path)
+    from pipelines.storage import save_figure
+
+    save_figure(fig, path, dpi=120)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -415,10 +415,9 @@ def main(data, raw, generate, dataset, clips, frames, split, mode, backends, bat
         click.echo(f"{k}: {v:.2f}")
     if json_path:
         os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
-        tmp = json_path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(out, f, indent=2)
-        os.replace(tmp, json_path)
+        from pipelines.storage import atomic_write_json
+
+        atomic_write_json(json_path, out)
     if plot_path:
         os.makedirs(os.path.dirname(os.path.abspath(plot_path)), exist_ok=True)
         title = (f"{mode} {split}, B={batch_size}, T={num_segments}, {size}x{size}, {workers} workers, "

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -46,9 +45,9 @@ def rewrite(readme: Path, body: str) -> None:
         raise SystemExit(f"{readme}: markers {START} / {END} not found")
     new = text[:a + len(START)] + "\n" + body + "\n" + text[z:]
     if new != text:
-        tmp = readme.with_name(f".{readme.name}.tmp-{os.getpid()}")
-        tmp.write_text(new, encoding="utf-8")
-        os.replace(tmp, readme)
+        from pipelines.storage import atomic_write
+
+        atomic_write(readme, new)
 
 
 def main(argv=None) -> int:
