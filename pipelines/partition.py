@@ -1,4 +1,4 @@
-"""Who reads which clips in an epoch: a partition by (rank, world) and then by DataLoader worker.
+"""Who reads which clips in an epoch: a partition by (rank, world) into per-rank batches.
 
 Pure functions on integers. The contract:
 
@@ -9,12 +9,11 @@ Pure functions on integers. The contract:
   of steps) the order is first cut to ``world * (n // world)`` clips -- the ``n % world`` dropped clips change
   every epoch with the shuffle.
 * :func:`batches`: a rank's clips cut into consecutive batches; ``drop_last`` drops a short final batch.
-* :func:`worker_batches`: worker ``w`` of ``W`` takes batches ``w, w + W, ...`` -- the same round-robin order in
-  which ``torch.utils.data.DataLoader`` hands batches to its workers, so the batch sequence a loader yields
-  does not depend on the number of workers.
 
-So with ``equal=False`` and ``drop_last=False`` the union over all (rank, worker) of the clips read in one
-epoch is every clip exactly once.
+Loaders hand a rank's batches to their workers round-robin and yield them in order (as
+``torch.utils.data.DataLoader`` does), so the batch sequence does not depend on the number of workers. With
+``equal=False`` and ``drop_last=False`` the union over all ranks of the clips read in one epoch is every clip
+exactly once (tests/test_reader.py checks it per worker too).
 
 **Elastic contract (training).** For a global batch ``B`` that ``world`` divides, per-rank batches of
 ``b = B / world``, ``equal=True`` and ``drop_last=True``: batch ``s`` of rank ``r`` holds positions
@@ -58,20 +57,3 @@ def batches(clips: np.ndarray, batch_size: int, *, drop_last: bool) -> list[np.n
 def num_batches(n_clips: int, batch_size: int, *, drop_last: bool) -> int:
     """``len(batches(...))`` without building them."""
     return n_clips // batch_size if drop_last else -(-n_clips // batch_size)
-
-
-def worker_batches(all_batches: list, worker: int, workers: int) -> list:
-    """The batches worker ``worker`` of ``workers`` produces (round-robin; ``workers=0`` means one process)."""
-    w = max(int(workers), 1)
-    if not 0 <= int(worker) < w:
-        raise ValueError(f"worker {worker} is not in [0, {w})")
-    return all_batches[int(worker)::w]
-
-
-def partition(n: int, *, rank: int = 0, world: int = 1, worker: int = 0, workers: int = 1, batch_size: int = 1,
-              shuffle: bool, seed: int = 0, epoch: int = 0, equal: bool = False,
-              drop_last: bool = False) -> list[np.ndarray]:
-    """The batches (arrays of clip indices) that (rank, worker) reads in ``epoch``: the composition of
-    :func:`rank_clips`, :func:`batches` and :func:`worker_batches`."""
-    clips = rank_clips(n, rank=rank, world=world, shuffle=shuffle, seed=seed, epoch=epoch, equal=equal)
-    return worker_batches(batches(clips, batch_size, drop_last=drop_last), worker, workers)

@@ -1,5 +1,5 @@
 """Reading converted shards (the format: :mod:`pipelines.format`, docs/DESIGN.md): memory-mapped Arrow IPC,
-O(1) per clip, plus the whole-dataset check :func:`verify` and the sequential scan :func:`iter_clips`.
+O(1) per clip, plus the whole-dataset check :func:`verify`.
 
 :class:`ShardDataset` opens ``OUT/manifest.json``, checks each shard of the split cheaply (the file exists and
 its size equals the manifest's ``bytes``; the Arrow schema and row count match), and maps clip ``i`` (the
@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
-from typing import Iterable
 
 import numpy as np
 import pyarrow as pa
@@ -28,18 +26,6 @@ from pipelines.errors import ShardError
 from pipelines.jpeg import JpegChecker
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ClipMeta:
-    """What the planner needs about a clip, without touching its frame bytes."""
-
-    index: int
-    key: str
-    label: int
-    num_frames: int
-    height: int
-    width: int
 
 
 def locate(i: int, shard_starts: np.ndarray, batch_starts, split: str) -> tuple[int, int, int]:
@@ -169,12 +155,6 @@ class ShardDataset:
     def _row(self, i: int):
         s, b, r = self.locate(i)
         return self._shard(s).batch(b), r
-
-    def meta(self, i: int) -> ClipMeta:
-        """Key, label, frame count and frame size of clip ``i`` (no frame bytes read)."""
-        m = self.metadata()
-        return ClipMeta(int(i), m["key"][i], int(m["label"][i]), int(m["num_frames"][i]), int(m["height"][i]),
-                        int(m["width"][i]))
 
     def metadata(self) -> dict:
         """Column arrays over the whole split: ``key`` (list of str), ``label``, ``num_frames``, ``height``,
@@ -316,15 +296,3 @@ def verify(out, *, decode: bool = False, progress: bool = False) -> None:
         if clips != s["clips"] or frames != s["frames"]:
             raise ShardError(f"{storage.join(root, fmt.MANIFEST_NAME)}: split {split!r} holds {clips} clips/{frames} "
                              f"frames, the manifest says {s['clips']}/{s['frames']}")
-
-
-def iter_clips(out, split: str) -> Iterable[dict]:
-    """Yield ``{"key", "label", "frames": [bytes], "height", "width"}`` of every clip of ``split`` (tests, tools)."""
-    fs, root, m = storage.read_manifest(out)
-    for sh in m["splits"][split]["shards"]:
-        with fs.open_input_file(storage.join(root, fmt.safe_relpath(sh["path"]))) as f:
-            table = pa.ipc.open_file(f).read_all()
-        for row in table.to_pylist():
-            yield row
-
-

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 import rawtrees
+import shardtools
 from pipelines import reader
-from pipelines import shards as sh
 from pipelines.convert import convert_dataset
 from pipelines.errors import AnnotationError, DataError, FrameError
 
@@ -29,7 +29,7 @@ def _sha(path) -> str:
 
 
 def _stored(out, split) -> dict:
-    return {r["key"]: r for r in reader.iter_clips(out, split)}
+    return {r["key"]: r for r in shardtools.iter_clips(out, split)}
 
 
 def _check_against_tree(out, tree, m):
@@ -77,8 +77,8 @@ def test_same_sha_whatever_workers(name, make_raw, tmp_path):
     m3 = convert_dataset(name, tree["root"], tmp_path / "w1", shard_mb=0.015, workers=1)  # rerun in place
     assert m3 == m1
     m4 = convert_dataset(name, tree["root"], tmp_path / "s9", shard_mb=1000, seed=9)
-    order0 = [r["key"] for r in reader.iter_clips(tmp_path / "w1", "train")]
-    order9 = [r["key"] for r in reader.iter_clips(tmp_path / "s9", "train")]
+    order0 = [r["key"] for r in shardtools.iter_clips(tmp_path / "w1", "train")]
+    order9 = [r["key"] for r in shardtools.iter_clips(tmp_path / "s9", "train")]
     assert sorted(order0) == sorted(order9) and order0 != order9  # seed decides the shuffle
     assert m4["seed"] == 9 and len(m4["splits"]["train"]["shards"]) == 1
 
@@ -89,9 +89,9 @@ def test_options_limit_splits_uri(make_raw, tmp_path):
     assert list(m["splits"]) == ["val", "test"]
     assert (m["splits"]["val"]["clips"], m["splits"]["test"]["clips"]) == (3, 2)
     reader.verify(tmp_path / "o")
-    full = convert_dataset("jester", tree["root"], tmp_path / "f", splits=["val"])
-    assert [r["key"] for r in reader.iter_clips(tmp_path / "o", "val")] == \
-        [r["key"] for r in reader.iter_clips(tmp_path / "f", "val")][:3]
+    convert_dataset("jester", tree["root"], tmp_path / "f", splits=["val"])
+    assert [r["key"] for r in shardtools.iter_clips(tmp_path / "o", "val")] == \
+        [r["key"] for r in shardtools.iter_clips(tmp_path / "f", "val")][:3]
     with pytest.raises(ValueError, match="unknown split"):
         convert_dataset("jester", tree["root"], tmp_path / "x", splits="training")
     with pytest.raises(TypeError, match="drop_last_two"):
@@ -272,7 +272,7 @@ def test_strict_stop_keeps_finished_shards_then_resumes(make_raw, tmp_path):
     clean = convert_dataset("jester", tree["root"], tmp_path / "clean", shard_mb=0.005, splits="train")
     shards = clean["splits"]["train"]["shards"]
     assert len(shards) == 5
-    last_key = [r["key"] for r in reader.iter_clips(tmp_path / "clean", "train")][-1]
+    last_key = [r["key"] for r in shardtools.iter_clips(tmp_path / "clean", "train")][-1]
     victim = Path(tree["clips"]["train"][last_key]["files"][3])
     good = victim.read_bytes()
     victim.write_bytes(good[:-100])

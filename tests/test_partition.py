@@ -5,12 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import shardtools
 from pipelines import partition
 
 
 def _step_sets(n: int, batch: int, world: int, epoch: int) -> list[set[int]]:
     """Per global step, the union over ranks of the clips each rank's training partition reads."""
-    per_rank = [partition.partition(n, rank=r, world=world, batch_size=batch // world, shuffle=True, seed=7,
+    per_rank = [shardtools.partition(n, rank=r, world=world, batch_size=batch // world, shuffle=True, seed=7,
                                     epoch=epoch, equal=True, drop_last=True) for r in range(world)]
     steps = {len(b) for b in per_rank}
     assert len(steps) == 1, f"ranks disagree on the number of steps: {steps}"

@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+import shardtools
 from pipelines import format as fmt
 from pipelines import partition
 from pipelines.errors import ShardError
@@ -63,10 +64,10 @@ def test_locate_meta_and_frames(shards):
     assert ds.locate(11) == (1, 1, 1)
     with pytest.raises(IndexError):
         ds.locate(12)
-    m = ds.meta(9)
-    assert (m.key, m.label, m.num_frames, m.height, m.width) == ("v9", 4, 4, 48, 64)
+    m = ds.metadata()
+    assert (m["key"][9], m["label"][9], m["num_frames"][9], m["height"][9], m["width"][9]) == ("v9", 4, 4, 48, 64)
     for i in range(12):
-        n = ds.meta(i).num_frames
+        n = int(m["num_frames"][i])
         got = ds.frames(i, [n - 1, 0, n - 1])
         assert [bytes(g) for g in got] == [fake_jpeg(i, n - 1), fake_jpeg(i, 0), fake_jpeg(i, n - 1)]
     with pytest.raises(IndexError):
@@ -144,7 +145,7 @@ def test_eval_epoch_covers_every_clip_exactly_once(n, world, workers, bs):
     seen = []
     for rank in range(world):
         for w in range(max(workers, 1)):
-            for b in partition.partition(n, rank=rank, world=world, worker=w, workers=workers, batch_size=bs,
+            for b in shardtools.partition(n, rank=rank, world=world, worker=w, workers=workers, batch_size=bs,
                                          shuffle=False):
                 seen.extend(b.tolist())
     assert sorted(seen) == list(range(n))
@@ -156,7 +157,7 @@ def test_train_epoch_shuffled_once_per_clip(n, world):
         seen = []
         for rank in range(world):
             for w in range(2):
-                for b in partition.partition(n, rank=rank, world=world, worker=w, workers=2, batch_size=2,
+                for b in shardtools.partition(n, rank=rank, world=world, worker=w, workers=2, batch_size=2,
                                              shuffle=True, seed=5, epoch=epoch):
                     seen.extend(b.tolist())
         assert sorted(seen) == list(range(n))
@@ -174,6 +175,6 @@ def test_exact_rank_slices_and_equal_cut():
     assert [b.tolist() for b in bs] == [[0, 1, 2], [3, 4, 5], [6]]
     assert len(partition.batches(np.arange(7), 3, drop_last=True)) == 2 == partition.num_batches(7, 3, drop_last=True)
     assert partition.num_batches(7, 3, drop_last=False) == 3
-    assert partition.worker_batches(list("abcde"), 1, 2) == ["b", "d"]
+    assert shardtools.worker_batches(list("abcde"), 1, 2) == ["b", "d"]
     with pytest.raises(ValueError):
         partition.rank_clips(5, rank=3, world=3, shuffle=False)

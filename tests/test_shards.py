@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import rawtrees
+import shardtools
 from pipelines import reader
 from pipelines import jpeg
 from pipelines import format as fmt
@@ -101,7 +102,7 @@ def test_write_shard_roundtrip_and_hash(tmp_path):
     ipc = pa.ipc.open_file(pa.memory_map(str(path)))
     assert ipc.schema.equals(fmt.SCHEMA)
     assert [ipc.get_batch(i).num_rows for i in range(ipc.num_record_batches)] == [256, 44]
-    rows = {r["key"]: r for r in reader.iter_clips(out, "train")}
+    rows = {r["key"]: r for r in shardtools.iter_clips(out, "train")}
     assert all(rows[k]["frames"] == v and rows[k]["num_frames"] == 2 for k, v in frames.items())
     reader.verify(out)
     reader.verify(f"file://{out}", decode=True)

@@ -13,10 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rawtrees
+import shardtools
 import simplejpeg
 import videotrees as vt
 
-from pipelines import reader as sh
+from pipelines import reader
 from pipelines import video
 from pipelines.convert import convert_dataset
 from pipelines.errors import FrameError
@@ -35,7 +36,7 @@ def _err(jpeg: bytes, ref: np.ndarray) -> float:
 
 
 def _stored(out, split) -> dict:
-    return {r["key"]: r for r in sh.iter_clips(out, split)}
+    return {r["key"]: r for r in shardtools.iter_clips(out, split)}
 
 
 def _check(out, tree, *, max_err=MAX_MEAN_ERR):
@@ -58,7 +59,7 @@ def _check(out, tree, *, max_err=MAX_MEAN_ERR):
 def test_release_layout_converts_every_decoded_frame(naming, codec, tmp_path):
     tree = vt.make_sthv2_videos(tmp_path / "raw", naming=naming, codec=codec, seed=len(naming))
     m = convert_dataset("sthv2", tree["root"], tmp_path / "out", shard_mb=0.005)
-    sh.verify(tmp_path / "out", decode=True)
+    reader.verify(tmp_path / "out", decode=True)
     _check(tmp_path / "out", tree)
     assert m["options"]["video"] == {"fps": None, "short_side": None, "jpeg_quality": 90, "resize_filter": "bicubic",
                                      "jpeg_subsampling": "4:2:0", "decoder": f"PyAV {av.__version__}"}
@@ -206,8 +207,8 @@ def test_every_bad_video_is_one_line_strict_and_recorded_with_skip_bad(tmp_path)
     assert set(got) == {os.path.relpath(paths[k], raw) for k in want}, got
     for k, why in want.items():
         assert why in got[os.path.relpath(paths[k], raw)], (k, got)
-    assert [r["key"] for r in sh.iter_clips(tmp_path / "skip", "train")] == [keys[7]]
-    sh.verify(tmp_path / "skip")
+    assert [r["key"] for r in shardtools.iter_clips(tmp_path / "skip", "train")] == [keys[7]]
+    reader.verify(tmp_path / "skip")
     for k, why in want.items():  # strict: each alone stops the run with one line naming the file
         sub = tmp_path / f"raw-{k}"
         shutil.copytree(raw, sub, symlinks=True)
@@ -235,14 +236,14 @@ def test_frames_and_videos_both_present_and_source_option(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="pipelines.datasets.sthv2"):
         m = convert_dataset("sthv2", raw, tmp_path / "auto")
     assert "using the extracted frames" in caplog.text and "video" not in m["options"]
-    assert all(r["num_frames"] > 3 for r in sh.iter_clips(tmp_path / "auto", "train"))  # frames/ (4-6 each)
+    assert all(r["num_frames"] > 3 for r in shardtools.iter_clips(tmp_path / "auto", "train"))  # frames/ (4-6 each)
     r = subprocess.run([*CLI, "sthv2", "--raw", str(raw), "--out", str(tmp_path / "v"), "--source", "videos",
                         "--jpeg-quality", "80", "--fps", "6", "--no-progress"], capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 0, r.stderr
     mv = json.loads((tmp_path / "v" / "manifest.json").read_text())
     assert mv["options"]["source"] == "videos" and mv["options"]["video"]["jpeg_quality"] == 80
-    assert all(r["num_frames"] == 2 for r in sh.iter_clips(tmp_path / "v", "train"))  # 3 frames at 12 fps -> 6 fps
+    assert all(r["num_frames"] == 2 for r in shardtools.iter_clips(tmp_path / "v", "train"))  # 3 frames at 12 fps -> 6 fps
     shutil.rmtree(raw / "frames")
     assert convert_dataset("sthv2", raw, tmp_path / "a2", jpeg_quality=80, fps=6)["splits"] == mv["splits"]
 
@@ -251,7 +252,7 @@ def test_frames_and_videos_both_present_and_source_option(tmp_path, caplog):
 def test_other_layouts_take_a_video_per_frame_folder(name, make_raw, tmp_path):
     tree = vt.folders_to_videos(make_raw(name), codec="h264")
     m = convert_dataset(name, tree["root"], tmp_path / "out")
-    sh.verify(tmp_path / "out")
+    reader.verify(tmp_path / "out")
     for split, clips in tree["clips"].items():
         got = _stored(tmp_path / "out", split)
         for key, c in clips.items():
