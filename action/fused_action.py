@@ -58,6 +58,15 @@ def _kernels():
     import triton
     import triton.language as tl
 
+    # builtins and jit functions made here only: triton.language.standard's (tl.sum, tl.zeros) are jit functions
+    # built when triton was first imported, which the interpreter cannot call if that was before TRITON_INTERPRET.
+    # The kernels find their combine function among the module's globals (jit code does not see closures).
+    @triton.jit
+    def _tl_add(a, b):
+        return a + b
+
+    globals()["_tl_add"] = _tl_add
+
     @triton.jit
     def apply_fwd(x_ptr, out_ptr, w_ptr, gate_ptr, s1_ptr, C, P, T, sxf, sxc, sxp, sof, soc, sop,
                   BP: tl.constexpr, BC: tl.constexpr):
@@ -98,10 +107,10 @@ def _kernels():
         w1 = tl.load(w_ptr + oc * 3 + 1, mask=mc, other=0.0)
         w2 = tl.load(w_ptr + oc * 3 + 2, mask=mc, other=0.0)
         gate = tl.load(gate_ptr + f64 * C + oc, mask=mc, other=0.0).to(tl.float32)
-        acc_g = tl.zeros([BC], dtype=tl.float32)
-        acc0 = tl.zeros([BC], dtype=tl.float32)
-        acc1 = tl.zeros([BC], dtype=tl.float32)
-        acc2 = tl.zeros([BC], dtype=tl.float32)
+        acc_g = tl.full([BC], 0.0, tl.float32)
+        acc0 = tl.full([BC], 0.0, tl.float32)
+        acc1 = tl.full([BC], 0.0, tl.float32)
+        acc2 = tl.full([BC], 0.0, tl.float32)
         for p0 in range(ps * P_CHUNK, tl.minimum(P, (ps + 1) * P_CHUNK), BP):
             op = p0 + tl.arange(0, BP)
             mp = op < P
@@ -114,12 +123,12 @@ def _kernels():
             x2 = tl.load(x_ptr + xo + sxf, mask=m & (t < T - 1), other=0.0).to(tl.float32)
             s1 = tl.load(s1_ptr + f64 * P + op, mask=mp, other=0.0).to(tl.float32)
             gxs = g * (w0[None, :] * x0 + w1[None, :] * x1 + w2[None, :] * x2)
-            acc_g += tl.sum(gxs, axis=0)
-            tl.store(ds1_ptr + (f64 * NCB + cb) * P + op, tl.sum(gxs, axis=1), mask=mp)
+            acc_g += tl.reduce(gxs, 0, _tl_add)
+            tl.store(ds1_ptr + (f64 * NCB + cb) * P + op, tl.reduce(gxs, 1, _tl_add), mask=mp)
             ga = g * (gate[None, :] + s1[:, None])
-            acc0 += tl.sum(ga * x0, axis=0)
-            acc1 += tl.sum(ga * x1, axis=0)
-            acc2 += tl.sum(ga * x2, axis=0)
+            acc0 += tl.reduce(ga * x0, 0, _tl_add)
+            acc1 += tl.reduce(ga * x1, 0, _tl_add)
+            acc2 += tl.reduce(ga * x2, 0, _tl_add)
         row = f64 * NPS + ps
         tl.store(dgate_ptr + row * C + oc, acc_g, mask=mc)
         tl.store(dw_ptr + (row * 3) * C + oc, acc0, mask=mc)
