@@ -3,15 +3,16 @@
 
 The shift is linear, so nothing shift-sized is ever built for the squeezes: with ``xs[t] = w0·x[t-1] + w1·x[t]
 + w2·x[t+1]`` (per channel), ``W·xs[t] = (W⊙w0)·x[t-1] + (W⊙w1)·x[t] + (W⊙w2)·x[t+1]``, so one cuDNN 1×1 conv of
-``x`` with the 3·(r+1) rows ``W⊙w_k`` (W = the p3 squeeze plus a 1/C row for p1's channel mean) gives, after
-adding three time-shifted slices of an r-channel tensor, the motion squeeze ``y`` and the channel mean ``s``;
+``x`` with the 3·(r+1) rows ``W⊙w_k`` (W = the p3 squeeze plus a 1/C row for p1's channel mean; zero rows pad
+them to a multiple of 8) gives, after adding three time-shifted slices of an (r+1)-channel tensor
+(:class:`_TimeSum`), the motion squeeze ``y`` and the channel mean ``s``;
 p2's spatial means are the shifted spatial means of ``x``. The learnable shift's gradient through these rows is
 autograd's (the rows are built from the parameters with differentiable ops). Then:
 
-- ``_apply_fwd``: ``out = xs · (gate + s1)`` with ``xs`` formed on the fly from three frames of ``x``;
-- ``_apply_bwd_reduce``: one pass over ``g_out`` and ``x`` for the gate gradients (``Σ_p g·xs`` per channel,
+- ``apply_fwd``: ``out = xs · (gate + s1)`` with ``xs`` formed on the fly from three frames of ``x``;
+- ``apply_bwd_reduce``: one pass over ``g_out`` and ``x`` for the gate gradients (``Σ_p g·xs`` per channel,
   ``Σ_c g·xs`` per pixel) and the shift taps' gradient (``Σ g·(gate + s1)·x[t+k-1]``);
-- ``_apply_bwd_input``: ``g_x`` = the time-mirrored shift of ``g·(gate + s1)`` + the pooled-mean gradient +
+- ``apply_bwd_input``: ``g_x`` = the time-mirrored shift of ``g·(gate + s1)`` + the pooled-mean gradient +
   cuDNN's 1×1 conv data gradient, accumulated in place into the latter (one write of ``g_x``).
 
 The last kernel runs in the front Function's backward, which autograd always runs after the apply Function's
