@@ -7,7 +7,8 @@
 # stage    .gpu-stage/parts: `sha256sum -c` of every part and of the reassembled tar, then
 #          `pip install --no-deps --target .gpu-stage/site` (DALI, nvImageCodec, nvJPEG, simplejpeg, ...) and
 #          that folder on PYTHONPATH; an install already made from the same tar is reused
-# tests    tests/test_cuda.py + tests/test_dali.py's GPU tests (DALI's mixed nvJPEG graph vs the torch backend)
+# tests    tests/test_cuda.py, the fused ACTION kernels compiled for the GPU (tests/test_action_fused.py) +
+#          tests/test_dali.py's GPU tests (DALI's mixed nvJPEG graph vs the torch backend)
 # profile  tools/profile_loader.py --device cuda: torch, torch:nvjpeg, dali (mixed), dali:once
 # train    ACTION-R50 8x224^2 bf16, real data vs synthetic batches in the same process (--ceiling-steps), fed by
 #          torch:nvjpeg (--decode-on device) and by dali
@@ -118,9 +119,9 @@ NGPU=$(sed -n 's/^cpus .* gpus \([0-9]*\)$/\1/p' "$RESULTS/gpu_env.txt"); NGPU=$
 pack
 
 if want tests; then
-  echo "== tests: tests/test_cuda.py + the DALI GPU tests"
+  echo "== tests: tests/test_cuda.py + the fused ACTION kernels + the DALI GPU tests"
   t0=$SECONDS
-  box 150 $PY -m pytest -q -s -p no:cacheprovider -rs tests/test_cuda.py \
+  box 150 $PY -m pytest -q -s -p no:cacheprovider -rs tests/test_cuda.py tests/test_action_fused.py \
     tests/test_dali.py::test_dali_gpu_matches_the_torch_backend \
     tests/test_dali.py::test_device_is_decided_before_building 2>&1 | tee "$RESULTS/pytest_gpu.log"
   step tests "${PIPESTATUS[0]}" $((SECONDS - t0))
