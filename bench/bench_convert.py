@@ -131,11 +131,9 @@ def chart(results: dict, path: str) -> None:
     ax.set_ylabel("MB/s (warm page cache)")
     ax.set_title(f"Conversion throughput: {results['frames']} frames, {results['raw_mb']:.0f} MB")
     ax.legend(loc="upper right", fontsize=8)
-    fig.tight_layout()
     from pipelines.storage import save_figure
 
     save_figure(fig, path)
-    plt.close(fig)
 
 
 def main(argv=None) -> int:

@@ -265,11 +265,9 @@ def chart(res: dict, path: str) -> None:
     ax2.set_title(f"disk written (videos: {res['video_mb']:.0f} MB)", fontsize=9)
     ax2.legend(fontsize=8, loc="upper left")
     fig.suptitle(f"SSv2 videos: {res['speedup']:.2f}x faster end to end, no intermediate tree", fontsize=10)
-    fig.tight_layout()
     from pipelines.storage import save_figure
 
     save_figure(fig, path)
-    plt.close(fig)
 
 
 def main(argv=None) -> int:

@@ -173,8 +173,9 @@ def plot(results: dict, path: Path) -> None:
     ax.set_title("ACTION modules: cost over the plain network, CPU (median of interleaved runs)", pad=28)
     ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, frameon=False)
     fig.subplots_adjust(bottom=0.22)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    from pipelines.storage import save_figure
+
+    save_figure(fig, path, tight=False, dpi=120)
 
 
 def replot(json_path: str) -> None:

@@ -230,8 +230,9 @@ def plot(rows, path, np) -> None:
             ax.annotate(f"{r[key]:g}", (x, r[key]), ha="center", va="bottom", fontsize=8)
     fig.suptitle("shards on S3 (moto, 127.0.0.1) vs local: torch backend, 2 CPU cores, best of the rounds",
                  fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    from pipelines.storage import save_figure
+
+    save_figure(fig, path, dpi=110)
 
 
 if __name__ == "__main__":

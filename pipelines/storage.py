@@ -198,10 +198,16 @@ def atomic_write_json(path, obj, *, indent: int | None = 2) -> None:
     atomic_write(path, json.dumps(obj, indent=indent) + "\n")
 
 
-def save_figure(fig, path, **kw) -> None:
-    """``fig.savefig`` (matplotlib) to the local ``path`` atomically; the format follows ``path``'s suffix."""
+def save_figure(fig, path, *, tight: bool = True, **kw) -> None:
+    """Lay out a matplotlib figure (``tight_layout`` unless ``tight=False``), save it to the local ``path``
+    atomically (the format follows the suffix) and close it."""
+    import matplotlib.pyplot as plt
+
+    if tight:
+        fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png", **kw)
+    plt.close(fig)
 
 
 # ----------------------------------------------------------------------------------------------- reading

@@ -191,11 +191,9 @@ def plot_curves(results: dict, path: Path, title: str) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    from pipelines.storage import save_figure
+
+    save_figure(fig, path, dpi=110)
 
 
 def pair_accuracy(per_class: dict, classes: list[str]) -> dict:

@@ -280,7 +280,6 @@ def plot(results: list, ceiling: dict, num_segments: int, path: str, title: str)
         ax.text(b.get_x() + b.get_width() / 2, v, f"{v:.0f}", ha="center", va="bottom")
     ax.set_ylabel("clips / s")
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
     from pipelines.storage import save_figure
 
     save_figure(fig, path, dpi=120)

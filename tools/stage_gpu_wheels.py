@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from pipelines.storage import atomic_path, atomic_write, atomic_write_json, sha256_file
+from pipelines.storage import atomic_path, atomic_write, atomic_write_json, save_figure, sha256_file
 
 log = logging.getLogger("stage_gpu_wheels")
 
@@ -305,10 +305,7 @@ def plot(rows: list[dict], summary: dict, path: str) -> None:
     ax.set_ylabel(f"MiB (dashed: {summary['part_mib']:g} MiB parts)")
     ax.set_title("GPU host wheels: as downloaded vs repacked (LZMA, other-Python builds dropped)", fontsize=9)
     ax.legend(fontsize=8, loc="upper right")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 # ----------------------------------------------------------------------------------------------- CLI
