@@ -27,6 +27,8 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
+from bench_convert import tree_bytes  # beside this script: files and bytes under a folder
+
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -98,13 +100,6 @@ def generate(raw: str, n_videos: int, workers: int) -> None:
     json.dump(params, open(stamp, "w"))
 
 
-def tree_bytes(path: str) -> tuple[int, int]:
-    n = size = 0
-    for dp, _, fns in os.walk(path):
-        for fn in fns:
-            n += 1
-            size += os.path.getsize(os.path.join(dp, fn))
-    return n, size
 
 
 def _cpu() -> float:
