@@ -149,22 +149,26 @@ def _check_id(vid: str, path: str) -> DataError | None:
     return None
 
 
-def label_of(name: str, index: dict, where: str, labels_file: str, problems: Problems) -> int | None:
-    """The label of class ``name``, or None after reporting an unknown name (the readers' one wording)."""
-    if name not in index:
-        problems(bad(AnnotationError, where, f"unknown label name {name!r}",
-                     f"not one of the {len(index)} names in {labels_file}"))
-        return None
-    return index[name]
-
-
-def add_unique(out: list, seen: set, ref: ClipRef, problems: Problems) -> None:
-    """Append ``ref`` unless its id was listed already (then report the duplicate)."""
-    if ref.key in seen:
-        problems(bad(AnnotationError, ref.source, f"duplicate id {ref.key!r}"))
+def add_row(out: list, seen: set, problems: Problems, *, key: str, name: str | None, split: str, where: str,
+            folder: str, index: dict, labels_file: str, no_label: str) -> None:
+    """Append one annotation row's ClipRef, the rules every reader shares: ``name`` is the row's class name
+    (None: the row has none, which only the test split may have -- else ``no_label`` is reported), unknown names
+    and repeated ids are reported and the row left out."""
+    label = -1
+    if name is None and split != "test":
+        problems(bad(AnnotationError, where, no_label))
         return
-    seen.add(ref.key)
-    out.append(ref)
+    if name is not None:
+        if name not in index:
+            problems(bad(AnnotationError, where, f"unknown label name {name!r}",
+                         f"not one of the {len(index)} names in {labels_file}"))
+            return
+        label = index[name]
+    if key in seen:
+        problems(bad(AnnotationError, where, f"duplicate id {key!r}"))
+        return
+    seen.add(key)
+    out.append(ClipRef(key=key, label=label, folder=folder, source=where))
 
 
 @functools.lru_cache(maxsize=None)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 
-from pipelines.datasets import ClipRef, DatasetSpec, Problems, _check_id, add_unique, bad, label_of
+from pipelines.datasets import ClipRef, DatasetSpec, Problems, _check_id, add_row, bad
 from pipelines.errors import AnnotationError
 
 CLASSES = (
@@ -73,18 +73,12 @@ def read(raw: str, split: str, problems: Problems, *, classes: list[str] | None 
         if err is not None:
             problems(err)
             continue
-        label = -1
         if len(parts) > 2:
             problems(bad(AnnotationError, where, f"expected 'id;Label name', got {line.strip()!r}"))
             continue
-        if len(parts) == 2:
-            label = label_of(parts[1].strip(), index, where, LABELS_FILE, problems)
-            if label is None:
-                continue
-        elif split != "test":
-            problems(bad(AnnotationError, where, f"row {line.strip()!r} has no label (expected 'id;Label name')"))
-            continue
-        add_unique(out, seen, ClipRef(key=vid, label=label, folder=f"frames/{vid}", source=where), problems)
+        add_row(out, seen, problems, key=vid, name=parts[1].strip() if len(parts) == 2 else None, split=split,
+                where=where, folder=f"frames/{vid}", index=index, labels_file=LABELS_FILE,
+                no_label=f"row {line.strip()!r} has no label (expected 'id;Label name')")
     return out
 
 

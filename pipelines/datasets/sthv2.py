@@ -20,7 +20,7 @@ import json
 import logging
 import os
 
-from pipelines.datasets import ClipRef, DatasetSpec, Problems, _check_id, add_unique, bad, label_of
+from pipelines.datasets import ClipRef, DatasetSpec, Problems, _check_id, add_row, bad
 from pipelines.errors import AnnotationError
 
 log = logging.getLogger(__name__)
@@ -121,19 +121,13 @@ def read(raw: str, split: str, problems: Problems, *, classes: list[str] | None 
         if err is not None:
             problems(err)
             continue
-        label = -1
-        if "template" in e:
-            t = e["template"]
-            if not isinstance(t, str):
-                problems(bad(AnnotationError, where, f"template {t!r} is not a string"))
-                continue
-            label = label_of(t.replace("[", "").replace("]", ""), index, where, LABELS_FILE, problems)
-            if label is None:
-                continue
-        elif split != "test":
-            problems(bad(AnnotationError, where, f"entry {vid!r} has no 'template'"))
+        t = e.get("template")
+        if t is not None and not isinstance(t, str) or "template" in e and t is None:
+            problems(bad(AnnotationError, where, f"template {t!r} is not a string"))
             continue
-        add_unique(out, seen, ClipRef(key=vid, label=label, folder=f"{media}/{vid}", source=where), problems)
+        add_row(out, seen, problems, key=vid, name=None if t is None else t.replace("[", "").replace("]", ""),
+                split=split, where=where, folder=f"{media}/{vid}", index=index, labels_file=LABELS_FILE,
+                no_label=f"entry {vid!r} has no 'template'")
     return out
 
 
