@@ -54,8 +54,10 @@ $(FFCV_STAMP): $(STAMP) pyproject.toml requirements.txt constraints/ffcv-build.t
 	    exit 1; \
 	  fi; \
 	fi
+	@# constraints may not name extras (moto[server]): the pins without them
+	sed 's/\[[^]]*\]//' requirements.txt > $(VENV)/.pins.txt
 	PIP_BUILD_CONSTRAINT="$(CURDIR)/constraints/ffcv-build.txt" \
-	  PIP_CONSTRAINT="$(CURDIR)/constraints/ffcv-build.txt $(CURDIR)/requirements.txt" $(PIP) install -q -e '.[ffcv]'
+	  PIP_CONSTRAINT="$(CURDIR)/constraints/ffcv-build.txt $(abspath $(VENV))/.pins.txt" $(PIP) install -q -e '.[ffcv]'
 	@# from outside the repo, so that `pipelines` must come from the editable install
 	cd / && $(abspath $(PY)) -c "import importlib.metadata as m, ffcv, ffcv.libffcv, pipelines; print('setup-ffcv: ffcv', m.version('ffcv'), 'OK; pipelines from', pipelines.__path__[0])"
 	@touch $@
