@@ -207,3 +207,13 @@ def test_two_nodes_on_localhost_from_s3_equal_one_node_with_two_ranks(shards, re
     for node in (0, 1):  # each node filled its own cache with the train split's shards
         cached = {f.name for f in (tmp_path / f"cache-node{node}").rglob("shard-*.arrow") if f.parent.name == "train"}
         assert cached and cached == {f.name for f in (shards / "train").glob("shard-*.arrow")}, node
+    # eval from the run directory reads the s3:// data it was trained on, and scores as the local run does
+    scores = []
+    for r, data in ((run, remote), (reference, str(shards))):
+        e = subprocess.run([sys.executable, str(ROOT / "train.py"), "eval", "--run-dir", str(r), "--data", data,
+                            "--cache-dir", str(tmp_path / "cache-eval")], capture_output=True, text=True,
+                           env={**ENV, **s3_server.env()}, timeout=300)
+        assert e.returncode == 0, e.stderr[-3000:]
+        res = json.loads(e.stdout.strip().splitlines()[-1])
+        scores.append((res["top1"], res["top5"], res["loss"], res["clips"]))
+    assert scores[0] == scores[1] and scores[0][3] > 0
