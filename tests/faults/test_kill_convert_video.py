@@ -6,9 +6,7 @@ Fault points: the events of tests/faults/killhook.py plus the entry to and retur
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -23,17 +21,10 @@ from pipelines import reader
 
 pytestmark = pytest.mark.faults
 
-ROOT = Path(__file__).resolve().parents[2]
+from test_kill_convert import ROOT, _env, _sha  # noqa: E402  (the frame-folder kill test beside this one)
+
 HOOK = Path(__file__).with_name("killhook_video.py")
 SEED = 16
-
-
-def _sha(p: Path) -> str:
-    return hashlib.sha256(p.read_bytes()).hexdigest()
-
-
-def _env(**kw):
-    return {**os.environ, "PYTHONPATH": str(ROOT), **kw}
 
 
 @pytest.fixture(scope="module")
