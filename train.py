@@ -23,6 +23,7 @@ from pathlib import Path
 
 import click
 
+from common.files import atomic_write_json
 from trainer import data
 from trainer.checkpoint import Checkpointer, check_in_run
 from trainer.config import Config, config_options, make_config, merge_saved
@@ -49,7 +50,7 @@ def _train(cfg: Config, resume: bool, info) -> dict:
         raise TrainingError(f"--batch-size {cfg.batch_size} is global and must divide evenly over {info.world} ranks")
     if info.main:
         run.mkdir(parents=True, exist_ok=True)
-        data.write_json(run / "config.json", cfg.to_json())
+        atomic_write_json(run / "config.json", cfg.to_json())
     classes = list(data.manifest(cfg.data)["classes"]) if cfg.data else []
     num_classes = cfg.num_classes or len(classes)
     per_rank = cfg.batch_size // info.world

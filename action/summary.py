@@ -10,7 +10,7 @@ The count runs this project's forward. It computes the same function as the offi
 sees slightly different operators: the learnable shift is three multiply-adds here (not counted) instead of a
 depthwise ``Conv1d`` (counted, ~0.09 G for R50 8f), the p3 depthwise conv is never run at full resolution,
 and the p1 channel mean rides on the squeeze GEMM. Counted on the official formulation
-(``bench/action_reference.py``) the same model gives 34.44 GMACs.
+(``tests/action_reference.py``) the same model gives 34.44 GMACs.
 """
 from __future__ import annotations
 

@@ -30,7 +30,7 @@
 
 * :class:`TemporalShift` — plain TSM shift (fixed, not learnable, 1/``shift_div`` of the channels each way).
 
-The official module computes the same thing as :class:`bench.action_reference.ReferenceAction`; the tests
+The official module computes the same thing as :class:`tests.action_reference.ReferenceAction`; the tests
 check both agree in train and eval mode, forward and backward.
 """
 from __future__ import annotations

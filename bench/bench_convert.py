@@ -8,7 +8,7 @@ Generates (once, cached under ``--raw-dir``) a Jester-layout raw tree of realist
   archive *is* /dev/null, so the archive goes through a pipe: ``tar -cf - RAW | cat > /dev/null``; both are
   reported and the piped one is the ceiling);
 * conversion MB/s with ``--workers 1`` and ``--workers 2`` (frame bytes / wall time of
-  ``pipelines.convert.convert_dataset``, scan + read + header checks + Arrow write + sha256).
+  ``pipelines.ingest.convert.convert_dataset``, scan + read + header checks + Arrow write + sha256).
 
 The page cache cannot be dropped here, so tar runs once first to warm it and every measurement is WARM.
 Results: ``OUT/bench_convert.json`` and ``OUT/bench_convert.png`` (bar chart).
@@ -65,7 +65,7 @@ def _make_clip(args) -> int:
 
 def generate(raw: str, clips: int, frames: int, workers: int) -> None:
     """Jester-layout tree with ``clips`` clips of ``frames`` frames (80% train, 15% val, 5% test)."""
-    from pipelines.datasets.jester import CLASSES
+    from pipelines.ingest.datasets.jester import CLASSES
 
     stamp = os.path.join(raw, ".bench-stamp.json")
     params = {"clips": clips, "frames": frames, "version": 1}
@@ -107,7 +107,7 @@ def time_tar(raw: str, piped: bool) -> float:
 
 
 def time_convert(raw: str, out: str, workers: int, shard_mb: float) -> tuple[float, dict]:
-    from pipelines.convert import convert_dataset
+    from pipelines.ingest.convert import convert_dataset
 
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
@@ -131,7 +131,7 @@ def chart(results: dict, path: str) -> None:
     ax.set_ylabel("MB/s (warm page cache)")
     ax.set_title(f"Conversion throughput: {results['frames']} frames, {results['raw_mb']:.0f} MB")
     ax.legend(loc="upper right", fontsize=8)
-    from pipelines.storage import save_figure
+    from common.files import save_figure
 
     save_figure(fig, path)
 
@@ -187,7 +187,7 @@ def main(argv=None) -> int:
     res["target_met"] = res["ratio_w2_vs_tar"] >= 0.5
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "bench_convert.json")
-    from pipelines.storage import atomic_write_json
+    from common.files import atomic_write_json
 
     atomic_write_json(path, res, indent=1)
     chart(res, os.path.join(args.out, "bench_convert.png"))

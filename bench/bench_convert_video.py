@@ -119,7 +119,7 @@ def _ffmpeg_one(args) -> None:
 
 def peers(raw: str, work: str, workers: int, q: int) -> dict:
     """(b): ffmpeg CLI extraction into WORK/raw/frames/<id>/, then frame conversion into WORK/shards."""
-    from pipelines.convert import convert_dataset
+    from pipelines.ingest.convert import convert_dataset
 
     shutil.rmtree(work, ignore_errors=True)
     fraw = os.path.join(work, "raw")
@@ -144,7 +144,7 @@ def peers(raw: str, work: str, workers: int, q: int) -> dict:
 
 
 def ours(raw: str, out: str, workers: int, quality: int) -> dict:
-    from pipelines.convert import convert_dataset
+    from pipelines.ingest.convert import convert_dataset
 
     shutil.rmtree(out, ignore_errors=True)
     c0, t0 = _cpu(), time.perf_counter()
@@ -161,8 +161,8 @@ def errors(raw: str, out_a: str, frames_b: str, sample: int, qualities) -> dict:
     import simplejpeg
     import videotrees as vt
 
-    from pipelines import video
-    from pipelines.datasets import ClipRef
+    from pipelines.ingest import video
+    from pipelines.ingest.datasets import ClipRef
 
     vdir = os.path.join(raw, "20bn-something-something-v2")
     names = sorted(os.listdir(vdir))[:sample]
@@ -260,13 +260,13 @@ def chart(res: dict, path: str) -> None:
     ax2.set_title(f"disk written (videos: {res['video_mb']:.0f} MB)", fontsize=9)
     ax2.legend(fontsize=8, loc="upper left")
     fig.suptitle(f"SSv2 videos: {res['speedup']:.2f}x faster end to end, no intermediate tree", fontsize=10)
-    from pipelines.storage import save_figure
+    from common.files import save_figure
 
     save_figure(fig, path)
 
 
 def main(argv=None) -> int:
-    from pipelines.storage import atomic_write_json
+    from common.files import atomic_write_json
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="bench/results", help="folder for bench_convert_video.json/.png")

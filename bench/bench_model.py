@@ -1,5 +1,5 @@
 """ACTION module cost: optimised (action/temporal.py) vs the line-by-line official formulation
-(bench/action_reference.py), forward + backward on CPU. ``make bench-model`` runs it.
+(tests/action_reference.py), forward + backward on CPU. ``make bench-model`` runs it.
 
 What is measured (median of interleaved repetitions: every repetition runs each variant once, side by side,
 so background load hits all of them alike):
@@ -36,7 +36,7 @@ from torch import nn  # noqa: E402
 
 from action import build_model  # noqa: E402
 from action.temporal import Action  # noqa: E402
-from bench.action_reference import ReferenceAction, make_reference_model  # noqa: E402
+from tests.action_reference import ReferenceAction, make_reference_model  # noqa: E402
 
 # (label, channels, spatial) of the inputs of ACTION-wrapped convs in R50 at 112² (spatial halves per stage)
 BLOCKS_112 = [("layer1 C=256", 256, 28), ("layer2 C=512", 512, 14), ("layer3 C=1024", 1024, 7),
@@ -173,7 +173,7 @@ def plot(results: dict, path: Path) -> None:
     ax.set_title("ACTION modules: cost over the plain network, CPU (median of interleaved runs)", pad=28)
     ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, frameon=False)
     fig.subplots_adjust(bottom=0.22)
-    from pipelines.storage import save_figure
+    from common.files import save_figure
 
     save_figure(fig, path, tight=False, dpi=120)
 
@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         "not_measured": "GPU (CUDA) and torch.compile timings: no GPU on this machine",
     }
     name = f"bench_model{args.tag}"
-    from pipelines.storage import atomic_write_json
+    from common.files import atomic_write_json
 
     atomic_write_json(out / f"{name}.json", results)
     plot(results, out / f"{name}.png")

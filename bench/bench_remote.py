@@ -45,7 +45,7 @@ MODES = ("local", "cold", "warm", "direct", "direct-1req")
 
 def prepare(work: str, clips_per_class: int) -> tuple[str, str, int]:
     """``(raw, local shards, train frames)``, generated/converted only when missing."""
-    from pipelines.convert import convert_dataset
+    from pipelines.ingest.convert import convert_dataset
     from tools.make_synthetic import make_synthetic
 
     raw, local = os.path.join(work, "raw"), os.path.join(work, "shards")
@@ -59,8 +59,8 @@ def prepare(work: str, clips_per_class: int) -> tuple[str, str, int]:
 
 def run_mode(mode: str, *, local: str, uri: str, cache_dir: str, loader_kw: dict, threads: int) -> dict:
     import pipelines
-    from pipelines import remote
-    from pipelines.remote_direct import RemoteShardDataset
+    from pipelines.shards import cache as remote
+    from pipelines.shards.direct import RemoteShardDataset
 
     t0 = time.perf_counter()
     patch = contextlib.nullcontext()
@@ -139,8 +139,8 @@ def main(argv=None) -> int:
     import s3server
     import torch
 
-    from pipelines import storage
-    from pipelines.convert import convert_dataset
+    from pipelines.shards import storage
+    from pipelines.ingest.convert import convert_dataset
 
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(1)
@@ -230,7 +230,7 @@ def plot(rows, path, np) -> None:
             ax.annotate(f"{r[key]:g}", (x, r[key]), ha="center", va="bottom", fontsize=8)
     fig.suptitle("shards on S3 (moto, 127.0.0.1) vs local: torch backend, 2 CPU cores, best of the rounds",
                  fontsize=9)
-    from pipelines.storage import save_figure
+    from common.files import save_figure
 
     save_figure(fig, path, dpi=110)
 

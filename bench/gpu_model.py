@@ -206,7 +206,7 @@ def main(argv=None) -> int:
            "machine": {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
                        "python": platform.python_version(), "cpus": os.cpu_count()}}
     if args.json:
-        from pipelines.storage import atomic_write_json
+        from common.files import atomic_write_json
 
         atomic_write_json(args.json, out, indent=1)
     return 0

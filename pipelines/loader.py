@@ -1,7 +1,7 @@
 """The loader contract: one frozen :class:`LoaderSpec` in, an iterable of batches out, whatever the backend.
 
-Every backend (``torch``, ``folder``, ``dali``, ``ffcv``) executes the same :class:`~pipelines.plan.ClipPlan` s
-(from :class:`~pipelines.plan.Planner`), so for one seed they produce the same clips (bit-identical or within a
+Every backend (``torch``, ``folder``, ``dali``, ``ffcv``) executes the same :class:`~pipelines.plan.clip.ClipPlan` s
+(from :class:`~pipelines.plan.planner.Planner`), so for one seed they produce the same clips (bit-identical or within a
 stated resampling tolerance) in the same order. ``docs/DESIGN.md`` describes the layers around it.
 
 Output of iterating a loader (one batch)::
@@ -9,7 +9,7 @@ Output of iterating a loader (one batch)::
     train / val:  clips (B, T, 3, H, W) uint8, labels (B,) int64      both on spec.device
     test:         clips (B, V, T, 3, H, W) uint8                      V = test_clips * test_crops, clip-major
 
-Clips are always uint8: the one normalisation (:func:`pipelines.presets.normalize`, the dataset preset's
+Clips are always uint8: the one normalisation (:func:`pipelines.plan.presets.normalize`, the dataset preset's
 mean/std) is applied by the consumer on the training device. ``labels`` are already passed through the flip
 label map. Train drops the last short batch of each rank (every rank runs the same number of steps under DDP,
 and the rank partition is cut to ``world * (n // world)`` clips); val/test read every clip of the split exactly
@@ -37,7 +37,9 @@ from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any, Mapping, NamedTuple
 
-from pipelines.plan import MODES, Planner
+from pipelines.plan.clip import MODES
+
+from pipelines.plan.planner import Planner
 
 ON_BAD = ("raise", "replace")
 
@@ -127,7 +129,7 @@ class LoaderSpec:
 class OpenSplit(NamedTuple):
     """What every backend needs before it reads a frame: the split's shards and the planner over them."""
 
-    shards: Any  # pipelines.reader.ShardDataset (or a reader with the same interface)
+    shards: Any  # pipelines.shards.reader.ShardDataset (or a reader with the same interface)
     planner: Planner
 
 
@@ -135,8 +137,8 @@ def open_split(spec: LoaderSpec, *, verify: bool = False) -> OpenSplit:
     """Open ``spec.split`` of ``spec.data`` and build its :class:`Planner` for (rank, world).
 
     Local data is read in place; remote data (``s3://`` ...) through the node-local cache or by range requests,
-    as ``spec.cache_dir`` / ``spec.cache_max_gb`` say (:func:`pipelines.remote.open_split`)."""
-    from pipelines import remote
+    as ``spec.cache_dir`` / ``spec.cache_max_gb`` say (:func:`pipelines.shards.cache.open_split`)."""
+    from pipelines.shards import cache as remote
 
     cache = {"auto": remote.DEFAULT, "none": None}.get(spec.cache_dir, spec.cache_dir)
     shards = remote.open_split(spec.data, spec.split, cache_dir=cache, max_gb=spec.cache_max_gb or None,

@@ -148,7 +148,7 @@ def make_egogesture(root, *, subjects=(3, 1, 2), scenes=(1,), groups=(1, 2), ges
     with ``gestures`` rows ``class,start,end`` separated by idle frames, plus one blank and one NaN row.
     Even groups use the ``groupG.csv`` spelling. Keys are ``SubjectXX/SceneN/rgbG#K`` (K: 1-based gesture row).
     """
-    from pipelines.datasets.egogesture import SUBJECTS, load_classes
+    from pipelines.ingest.datasets.egogesture import SUBJECTS, load_classes
 
     root = os.fspath(root)
     rng = np.random.default_rng(seed)

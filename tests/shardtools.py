@@ -6,9 +6,9 @@ from typing import Iterable
 import numpy as np
 import pyarrow as pa
 
-from pipelines import format as fmt
-from pipelines import partition as P
-from pipelines import storage
+from pipelines.shards import format as fmt
+from pipelines.plan import partition as P
+from pipelines.shards import storage
 
 
 def iter_clips(out, split: str) -> Iterable[dict]:

@@ -1,5 +1,5 @@
 """The fused Triton ACTION path (action/fused_action.py) against the official formulation
-(bench/action_reference.py): forward values and the gradients of x and of every ACTION parameter, fp32 and bf16,
+(tests/action_reference.py): forward values and the gradients of x and of every ACTION parameter, fp32 and bf16,
 channels_last and contiguous, train and eval; plus the dispatch and the product without triton.
 
 On a CPU-only host the kernels run in Triton's interpreter (TRITON_INTERPRET=1, set for this module before the
@@ -21,7 +21,7 @@ from torch import nn
 
 import action.temporal as AT
 from action.errors import ModelError
-from bench.action_reference import ReferenceAction
+from tests.action_reference import ReferenceAction
 from test_action_modules import _randomise
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -133,7 +133,7 @@ def test_official_checkpoint_logits_through_the_fused_path(device, tmp_path, mon
     import copy
 
     from action import build_model, load_checkpoint
-    from bench.action_reference import make_reference_model
+    from tests.action_reference import make_reference_model
 
     torch.manual_seed(0)
     src = build_model("resnet18", num_classes=5, num_segments=2)

@@ -12,7 +12,7 @@ from torch import nn
 from action import build_model
 from action.errors import CheckpointError, ModelError
 from action.temporal import Action, TemporalShift
-from bench.action_reference import make_reference_model
+from tests.action_reference import make_reference_model
 
 
 def _count(m: nn.Module) -> int:

@@ -1,5 +1,5 @@
 """Temporal modules: exact shift initialisation, and the optimised ACTION module against the line-by-line
-official formulation (bench/action_reference.py) on random weights, train and eval, forward and backward."""
+official formulation (tests/action_reference.py) on random weights, train and eval, forward and backward."""
 from __future__ import annotations
 
 import pytest
@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from action.temporal import Action, TemporalShift, init_shift_weight, temporal_shift
-from bench.action_reference import ReferenceAction
+from tests.action_reference import ReferenceAction
 
 
 def _randomise(module: nn.Module, seed: int = 0) -> None:

@@ -15,8 +15,8 @@ import pytest
 
 import rawtrees
 import shardtools
-from pipelines import reader
-from pipelines.convert import convert_dataset
+from pipelines.shards import reader
+from pipelines.ingest.convert import convert_dataset
 from pipelines.errors import AnnotationError, DataError, FrameError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -331,7 +331,7 @@ def test_cli_convert_verify_and_errors(make_raw, tmp_path):
 # ------------------------------------------------------------------------------------------------ kill -9
 _SLOW = """
 import sys, time
-import pipelines.shards as s
+import pipelines.shards.writer as s
 _mb, _ws = s.make_batch, s.write_shard
 def make_batch(*a, **k):
     time.sleep(0.2)

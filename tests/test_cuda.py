@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from pipelines import build_loader
-from pipelines.convert import convert_dataset
+from pipelines.ingest.convert import convert_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
 T, SIZE = 8, 112
@@ -53,7 +53,7 @@ def test_cuda_delivery_is_bit_identical_to_cpu_delivery(data, mode, split):
     gpu = _all(build_loader(data, split, backend="torch", device="cuda", **kw))
     assert cpu[0].dtype == gpu[0].dtype == torch.uint8 and cpu[0].shape == gpu[0].shape
     assert torch.equal(cpu[0], gpu[0]) and torch.equal(cpu[1], gpu[1])
-    from pipelines.presets import normalize
+    from pipelines.plan.presets import normalize
 
     ncpu, ngpu = normalize(cpu[0]), normalize(gpu[0])
     assert ngpu.dtype == torch.float32

@@ -3,8 +3,8 @@
 Tests marked ``dali`` run the real DALI graph -- on the CPU here (``device_id=None``), on nvJPEG where DALI
 sees a GPU. They are skipped, loudly (skip reason + warning), only when ``import nvidia.dali`` fails.
 
-Pixel tolerance, DALI 2.4 CPU vs the reference ``pipelines.decode.run_plan_pil`` (decode → PIL bilinear
-pre-resize → integer crop → PIL bilinear resize → flip, as ``pipelines/plan.py`` defines). JPEG decoding is
+Pixel tolerance, DALI 2.4 CPU vs the reference ``pipelines.decode.frames.run_plan_pil`` (decode → PIL bilinear
+pre-resize → integer crop → PIL bilinear resize → flip, as ``pipelines/plan/clip.py`` defines). JPEG decoding is
 bit-identical (libjpeg-turbo, fancy upsampling on both sides); the differences are resampling only. |Δ| in grey
 levels (0..255), worst clip, measured on two kinds of frames: a sharp sine texture (the graph tests) and the
 test trees' gradients with hard wrap-around edges (the ``build_loader`` tests):
@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.plan import ClipPlan, source_window
+from pipelines.plan.clip import ClipPlan, source_window
 
 try:
     import nvidia.dali  # noqa: F401  (~1 s; only this module pays it)
@@ -81,8 +81,8 @@ def _jpeg(a: np.ndarray, quality: int = 92) -> bytes:
 
 
 def reference(plan: ClipPlan, jpeg: bytes) -> np.ndarray:
-    """The reference execution of ``plan`` on one frame (``pipelines.decode.run_plan_pil``) -> HWC uint8."""
-    from pipelines.decode import run_plan_pil
+    """The reference execution of ``plan`` on one frame (``pipelines.decode.frames.run_plan_pil``) -> HWC uint8."""
+    from pipelines.decode.frames import run_plan_pil
 
     return run_plan_pil([Image.open(io.BytesIO(jpeg))], plan)[0].transpose(1, 2, 0)
 
@@ -92,7 +92,7 @@ from rawtrees import JESTER_CLASSES  # noqa: E402  (Jester's flip pairs: 0<->1, 
 
 class FakeVideos:
     """Tiny in-memory split (``n`` videos, 6-8 JPEG frames of ``h × w``) with the shard reader's interface:
-    ``metadata()`` and ``frames(row, indices)``; plans come from the real :class:`pipelines.plan.Planner`."""
+    ``metadata()`` and ``frames(row, indices)``; plans come from the real :class:`pipelines.plan.planner.Planner`."""
 
     dataset = "fake"
 
@@ -116,7 +116,7 @@ class FakeVideos:
 
     def planner(self, mode="train", *, batch_size=3, epoch=None, dataset="jester", size=48, T=4, flip=True,
                 rank=0, world=1, drop_last=None, test_clips=1, test_crops=1):
-        from pipelines.plan import Planner
+        from pipelines.plan.planner import Planner
 
         return Planner(self.metadata(), dataset=dataset, classes=list(JESTER_CLASSES), mode=mode, batch_size=batch_size,
                        num_segments=T, size=size, rank=rank, world=world, seed=0, flip=flip and dataset == "jester",
@@ -136,7 +136,7 @@ def videos():
 
 def _run_graph(plans, frames, *, size, two_step=False):
     """Run the bare graph once on ``plans`` -> list of (T, H, W, 3) uint8 arrays."""
-    from pipelines.backends import dali_graph as g
+    from pipelines.backends.dali import graph as g
 
     T = len(plans[0].frames)
 
@@ -160,7 +160,7 @@ def _run_graph(plans, frames, *, size, two_step=False):
 
 # ----------------------------------------------------------------------------------- no DALI needed
 def test_missing_dali_names_the_install_command(monkeypatch):
-    from pipelines.backends import dali_graph as g
+    from pipelines.backends.dali import graph as g
 
     monkeypatch.setitem(sys.modules, "nvidia.dali", None)  # makes `import nvidia.dali` raise ImportError
     with pytest.raises(g.BackendUnavailable, match=r"pip install \.\[dali\]"):
@@ -170,7 +170,7 @@ def test_missing_dali_names_the_install_command(monkeypatch):
 def test_import_does_not_pull_in_dali():
     import subprocess
 
-    code = ("import sys; import pipelines.backends.dali, pipelines.backends.dali_graph; "
+    code = ("import sys; import pipelines.backends.dali.loader, pipelines.backends.dali.graph; "
             "assert 'nvidia.dali' not in sys.modules, 'DALI imported at import time'")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                        cwd=__import__("pathlib").Path(__file__).resolve().parent.parent)
@@ -178,7 +178,7 @@ def test_import_does_not_pull_in_dali():
 
 
 def test_flatten_repeats_one_window_and_flip_per_clip():
-    from pipelines.backends.dali_graph import flatten_clips
+    from pipelines.backends.dali.graph import flatten_clips
 
     p0 = ClipPlan(3, "a", 1, (0, 2, 4), (240, 320), (256, 341), (58, 16, 224, 224), (224, 224), True)
     p1 = ClipPlan(5, "b", 2, (1, 1, 2), (240, 320), (240, 320), (10, 20, 200, 150), (224, 224), False)
@@ -199,7 +199,7 @@ def test_flatten_repeats_one_window_and_flip_per_clip():
                                           ((224, 224), (0, 0, 224, 224)), ((256, 341), (117, 32, 168, 192)),
                                           ((256, 341), (116, 16, 224, 224))])
 def test_decode_window_contains_the_exact_source_window(resize, crop):
-    from pipelines.backends.dali_graph import decode_window
+    from pipelines.backends.dali.graph import decode_window
 
     plan = ClipPlan(0, "k", 0, (0,), (240, 320), resize, crop, (224, 224), False)
     (x0, y0, w0, h0), (ry0, rx0, ry1, rx1) = decode_window(plan)
@@ -254,7 +254,7 @@ def test_graph_flip_is_an_exact_mirror_and_windows_are_x_y():
 
 # ------------------------------------------------------------------------------------------ the loader
 def _loader(videos, mode="train", *, fetch=None, on_bad="raise", strict=False, **kw):
-    from pipelines.backends.dali import DaliLoader
+    from pipelines.backends.dali.loader import DaliLoader
     from pipelines.loader import LoaderSpec, OpenSplit
 
     spec = LoaderSpec("(in memory)", "val", backend="dali", mode=mode, device="cpu", on_bad=on_bad)
@@ -380,7 +380,7 @@ def test_device_is_decided_before_building():
     import torch
     from nvidia.dali.backend import GetCUDADeviceCount
 
-    from pipelines.backends.dali import resolve_device
+    from pipelines.backends.dali.loader import resolve_device
 
     if GetCUDADeviceCount() == 0 or not torch.cuda.is_available():
         assert resolve_device(None) == (False, None, torch.device("cpu"))
@@ -397,7 +397,7 @@ def test_device_is_decided_before_building():
 def test_loader_names_the_clip_when_dali_itself_fails(videos, how, monkeypatch):
     """With the host pre-check out of the way, DALI's own decode error is traced back to the clip; in
     ``replace`` mode the pipeline is rebuilt and the epoch resumes at the batch in flight."""
-    from pipelines.backends import dali as backend
+    from pipelines.backends.dali import loader as backend
     from pipelines.errors import FrameError
 
     monkeypatch.setattr(backend, "precheck_jpeg", lambda data, src_size: None)
@@ -421,7 +421,7 @@ def test_loader_names_the_clip_when_dali_itself_fails(videos, how, monkeypatch):
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
     import rawtrees
-    from pipelines.convert import convert_dataset
+    from pipelines.ingest.convert import convert_dataset
 
     root = tmp_path_factory.mktemp("dali_jester")
     rawtrees.make_jester(root / "raw", n_train=11, n_val=7, n_test=3, frames=(3, 14), size=(96, 72))
@@ -470,7 +470,7 @@ def test_dali_matches_the_torch_backend_clip_for_clip(shards, split, kw):
 @dali_test
 def test_dali_ranks_shard_by_global_rank_and_eval_is_exact(shards):
     from pipelines.loader import build_loader
-    from pipelines.reader import ShardDataset
+    from pipelines.shards.reader import ShardDataset
 
     n = len(ShardDataset(shards, "val"))
     rows, count = [], 0
@@ -515,7 +515,7 @@ def test_dali_options_and_mid_epoch_start(shards):
 
 def test_build_loader_without_dali_says_how_to_install(tmp_path, monkeypatch):
     """Runs with or without DALI: the wheel is hidden, and build_loader must say how to install it."""
-    from pipelines.backends.dali_graph import BackendUnavailable
+    from pipelines.backends.dali.graph import BackendUnavailable
     from pipelines.loader import build_loader
 
     monkeypatch.setitem(sys.modules, "nvidia.dali", None)  # `import nvidia.dali` now raises ImportError

@@ -9,10 +9,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import rawtrees
-from pipelines import datasets
-from pipelines.scan import scan_folder
-from pipelines.datasets import Problems
-from pipelines.datasets import egogesture as ego
+from pipelines.ingest import datasets
+from pipelines.ingest.scan import scan_folder
+from pipelines.ingest.datasets import Problems
+from pipelines.ingest.datasets import egogesture as ego
 from pipelines.errors import AnnotationError, DataError, FrameError
 
 JESTER_PAIRS = [(0, 1), (6, 7), (14, 15)]

@@ -37,7 +37,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "CUDA_VISI
 def shards(tmp_path_factory):
     from rawtrees import make_jester
 
-    from pipelines.convert import convert_dataset
+    from pipelines.ingest.convert import convert_dataset
 
     base = tmp_path_factory.mktemp("elastic-data")
     make_jester(base / "raw", n_train=36, n_val=3, n_test=1, frames=(4, 6), size=(40, 32), seed=5)
@@ -106,8 +106,8 @@ def reference(shards, tmp_path_factory):
 
 
 def test_two_ranks_train_the_epoch_order_in_global_batches(shards, reference):
-    from pipelines import partition
-    from pipelines.storage import read_manifest
+    from pipelines.plan import partition
+    from pipelines.shards.storage import read_manifest
 
     n = read_manifest(shards)[2]["splits"]["train"]["clips"]
     sets = _sets(reference)

@@ -19,7 +19,7 @@ import sys
 import numpy as np
 import pytest
 
-from pipelines.ffcv_convert import pack_frames, unpack_frames
+from pipelines.backends.ffcv.convert import pack_frames, unpack_frames
 
 MEAN_TOL, MAX_TOL = 1.5, 10
 
@@ -46,7 +46,7 @@ def test_pack_frames_round_trip():
 
 
 def test_build_loader_without_ffcv_says_how_to_install(tmp_path, monkeypatch):
-    from pipelines.ffcv_convert import FfcvUnavailable
+    from pipelines.backends.ffcv.convert import FfcvUnavailable
     from pipelines.loader import build_loader
 
     monkeypatch.setitem(sys.modules, "ffcv", None)  # import ffcv -> ImportError
@@ -63,7 +63,7 @@ def test_build_loader_without_ffcv_says_how_to_install(tmp_path, monkeypatch):
 def test_kernels_match_pil(src, out, window):
     from PIL import Image
 
-    from pipelines.backends import ffcv_kernels as K
+    from pipelines.backends.ffcv import kernels as K
 
     rng = np.random.default_rng(0)
     a = rng.integers(0, 256, (*src, 3), dtype=np.uint8)
@@ -78,8 +78,8 @@ def shards(tmp_path_factory):
     if not HAVE_FFCV:
         pytest.skip(_REASON)
     import rawtrees
-    from pipelines.convert import convert_dataset
-    from pipelines.ffcv_convert import to_beton
+    from pipelines.ingest.convert import convert_dataset
+    from pipelines.backends.ffcv.convert import to_beton
 
     root = tmp_path_factory.mktemp("ffcv_jester")
     rawtrees.make_jester(root / "raw", n_train=11, n_val=7, n_test=3, frames=(3, 14), size=(96, 72))
@@ -93,8 +93,8 @@ def shards(tmp_path_factory):
 def test_beton_rows_are_the_shard_rows(shards):
     from ffcv.reader import Reader
 
-    from pipelines.ffcv_convert import default_path
-    from pipelines.reader import ShardDataset
+    from pipelines.backends.ffcv.convert import default_path
+    from pipelines.shards.reader import ShardDataset
 
     ds = ShardDataset(shards, "val")
     meta = ds.metadata()
@@ -141,7 +141,7 @@ def test_ffcv_ranks_options_and_mid_epoch_start(shards):
     import torch
 
     from pipelines.loader import build_loader
-    from pipelines.reader import ShardDataset
+    from pipelines.shards.reader import ShardDataset
 
     n = len(ShardDataset(shards, "val"))
     rows, count = [], 0
@@ -174,7 +174,7 @@ def test_ffcv_ranks_options_and_mid_epoch_start(shards):
 
 @ffcv_test
 def test_ffcv_corrupt_frame_raises_or_is_replaced(shards, tmp_path, monkeypatch):
-    from pipelines import ffcv_convert
+    from pipelines.backends.ffcv import convert as ffcv_convert
     from pipelines.errors import FrameError
     from pipelines.loader import build_loader
 

@@ -1,12 +1,12 @@
-"""Crop windows, flips and plans (pipelines.geometry) against hand-computed values."""
+"""Crop windows, flips and plans (pipelines.plan.geometry) against hand-computed values."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from pipelines import geometry as g
-from pipelines import presets, sampling
-from pipelines.plan import ClipPlan, source_window
+from pipelines.plan import geometry as g
+from pipelines.plan import presets, sampling
+from pipelines.plan.clip import ClipPlan, source_window
 
 
 class Scripted:

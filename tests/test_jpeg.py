@@ -1,4 +1,4 @@
-"""The one JPEG validity rule (pipelines.jpeg) and the copies that must agree with it: DALI's pre-check and
+"""The one JPEG validity rule (pipelines.decode.jpeg) and the copies that must agree with it: DALI's pre-check and
 the numba kernel of the FFCV decoder, on the same good and bad inputs."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines import jpeg
+from pipelines.decode import jpeg
 
 
 def _jpeg(w=40, h=30) -> bytes:
@@ -50,7 +50,7 @@ def test_the_rule(name):
 @pytest.mark.skipif(importlib.util.find_spec("simplejpeg") is None, reason="simplejpeg missing")
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_dali_precheck_agrees(name):
-    from pipelines.backends.dali import precheck_jpeg
+    from pipelines.backends.dali.loader import precheck_jpeg
 
     data = np.frombuffer(CASES[name], np.uint8) if CASES[name] else np.zeros(0, np.uint8)
     verdict = precheck_jpeg(data, (30, 40))
@@ -60,7 +60,7 @@ def test_dali_precheck_agrees(name):
 @pytest.mark.skipif(importlib.util.find_spec("numba") is None, reason="numba (the ffcv extra) is not installed")
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_ffcv_kernel_agrees(name):
-    from pipelines.backends import ffcv_kernels as K
+    from pipelines.backends.ffcv import kernels as K
 
     data = np.frombuffer(CASES[name], np.uint8).copy() if CASES[name] else np.zeros(0, np.uint8)
     hh, ww = K.jpeg_size(data) if len(data) else (-1, -1)

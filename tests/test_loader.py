@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import rawtrees
-from pipelines import format as fmt
-from pipelines.convert import convert_dataset
+from pipelines.shards import format as fmt
+from pipelines.ingest.convert import convert_dataset
 from pipelines.errors import FrameError, ShardError
 from pipelines.loader import build_loader
 
@@ -52,7 +52,7 @@ def test_shapes_dtypes_and_len(jester):
 
 
 def test_val_labels_follow_the_manifest_order(jester):
-    from pipelines.reader import ShardDataset
+    from pipelines.shards.reader import ShardDataset
 
     _, bs = load(jester, "val")
     meta = ShardDataset(jester["out"], "val").metadata()
@@ -63,7 +63,7 @@ def test_val_labels_follow_the_manifest_order(jester):
 
 @pytest.mark.parametrize("mode", ["val", "test"])
 def test_the_one_normalisation_is_the_imagenet_formula(jester, mode):
-    from pipelines.presets import get, normalize
+    from pipelines.plan.presets import get, normalize
 
     _, a = load(jester, mode, test_clips=2)
     clips = cat(a)[0]
@@ -98,7 +98,7 @@ def test_epochs_reshuffle_train_but_not_val(jester):
 
 
 def test_val_ranks_cover_every_clip_once(jester):
-    from pipelines.reader import ShardDataset
+    from pipelines.shards.reader import ShardDataset
 
     n = len(ShardDataset(jester["out"], "val"))
     got, total = [], 0
@@ -111,7 +111,7 @@ def test_val_ranks_cover_every_clip_once(jester):
 
 
 def test_flip_is_label_aware(jester):
-    from pipelines.datasets import jester as jds
+    from pipelines.ingest.datasets import jester as jds
 
     _, plain = load(jester, "train", batch_size=1)
     loader, flipped = load(jester, "train", batch_size=1, flip=True)
@@ -147,7 +147,7 @@ def test_folder_and_torch_backends_agree(jester, mode, extra):
 def test_default_auto_resample_tolerance(jester, mode, extra):
     """The default ``resample="auto"``: fused (one resize from the source window) only where the reference
     resamples twice, the reference's order elsewhere. Stated tolerance against ``folder``."""
-    from pipelines import decode
+    from pipelines.decode import frames as decode
 
     kw = dict(mode=mode, batch_size=4, num_segments=T, size=SIZE, seed=11, flip=mode == "train", **extra)
     folder = cat(list(build_loader(jester["out"], mode, backend="folder", raw=jester["raw"], workers=0, **kw)))
@@ -308,8 +308,8 @@ def test_import_is_lazy():
     import subprocess
     import sys
 
-    code = ("import sys, pipelines, pipelines.loader, pipelines.geometry, pipelines.reader, pipelines.backends\n"
-            "bad = [m for m in ('torch', 'pipelines.backends.torch_backend', 'nvidia.dali', 'simplejpeg', 'PIL') "
+    code = ("import sys, pipelines, pipelines.loader, pipelines.plan.geometry, pipelines.shards.reader, pipelines.backends\n"
+            "bad = [m for m in ('torch', 'pipelines.backends.torch.loader', 'nvidia.dali', 'simplejpeg', 'PIL') "
             "if m in sys.modules]\nassert not bad, bad\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
@@ -325,8 +325,8 @@ def test_fused_resample_tolerance(jester):
 
 
 def test_fused_window_and_dct_rule():
-    from pipelines import decode
-    from pipelines.plan import ClipPlan
+    from pipelines.decode import frames as decode
+    from pipelines.plan.clip import ClipPlan
 
     p = ClipPlan(0, "k", 0, (0,), (240, 320), (256, 341), (58, 16, 224, 224), (224, 224), False)
     # source window x = 58*320/341 = 54.43, w = 210.2; y = 15, h = 210
@@ -388,7 +388,7 @@ def _count_decodes(monkeypatch):
     """Count the frames the torch/folder executors decode (a spy around the real decoders)."""
     from PIL import Image
 
-    from pipelines import decode
+    from pipelines.decode import frames as decode
 
     seen = []
     real_jpeg, real_open = decode.decode_jpeg, Image.open
@@ -402,7 +402,7 @@ def _count_decodes(monkeypatch):
 def test_start_at_batch_k_decodes_only_batches_k_to_n(jester, monkeypatch, backend, extra):
     """set_epoch(epoch, start=k): the pass yields batches k..n-1, equal to those of a full pass, and decodes
     exactly their frames (plans are pure functions of (seed, epoch, clip): nothing before k is read)."""
-    from pipelines.plan import needed_frames
+    from pipelines.plan.clip import needed_frames
 
     kw = dict(backend=backend, mode="train", batch_size=2, num_segments=T, size=SIZE, seed=4, workers=0,
               raw=jester["raw"])

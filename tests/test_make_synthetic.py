@@ -51,7 +51,7 @@ def jester(tmp_path_factory):
 
 # ------------------------------------------------------------------------------------------ layouts
 def test_jester_layout_is_official(jester):
-    from pipelines.datasets.jester import CLASSES
+    from pipelines.ingest.datasets.jester import CLASSES
 
     root, s = jester
     used = [c["name"] for c in s["classes"]]
@@ -80,7 +80,7 @@ def test_jester_layout_is_official(jester):
 
 
 def test_egogesture_layout_is_official(tmp_path):
-    from pipelines.datasets.egogesture import SUBJECTS, load_classes
+    from pipelines.ingest.datasets.egogesture import SUBJECTS, load_classes
 
     names = load_classes()
     s = ms.make_synthetic(tmp_path, layout="egogesture", **{**SMALL, "test_clips": 9})
@@ -145,7 +145,7 @@ def test_sthv2_layout_is_official(tmp_path):
 
 @pytest.mark.parametrize("layout", ms.LAYOUTS)
 def test_readers_accept_the_tree_and_flip_maps_pair_mirror_motions(tmp_path, layout):
-    datasets = pytest.importorskip("pipelines.datasets")
+    datasets = pytest.importorskip("pipelines.ingest.datasets")
     s = ms.make_synthetic(tmp_path, layout=layout, **SMALL)
     spec = datasets.get(layout)
     spec.check_root(str(tmp_path))
@@ -332,7 +332,7 @@ def test_the_motion_is_in_the_pixels(tmp_path):
 
 
 def test_convert_a_generated_tree(tmp_path, jester):
-    convert = pytest.importorskip("pipelines.convert")
+    convert = pytest.importorskip("pipelines.ingest.convert")
     root, s = jester
     manifest = convert.convert_dataset("jester", root, tmp_path / "shards", workers=1)
     assert manifest["dataset"] == "jester" and manifest["skipped"] == []

@@ -1,4 +1,4 @@
-"""The elastic contract of pipelines/partition.py: for a fixed global batch, the clips of global step s are the
+"""The elastic contract of pipelines/plan/partition.py: for a fixed global batch, the clips of global step s are the
 same set whatever the world size (pure functions, no data)."""
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import shardtools
-from pipelines import partition
+from pipelines.plan import partition
 
 
 def _step_sets(n: int, batch: int, world: int, epoch: int) -> list[set[int]]:

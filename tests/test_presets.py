@@ -1,10 +1,10 @@
-"""Per-dataset presets and flip label maps (pipelines.presets) for egogesture, jester and sthv2."""
+"""Per-dataset presets and flip label maps (pipelines.plan.presets) for egogesture, jester and sthv2."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from pipelines import presets
+from pipelines.plan import presets
 
 
 def swaps(m):
@@ -37,7 +37,7 @@ def test_dataset_presets():
 
 
 def test_flip_map_jester():
-    from pipelines.datasets import jester
+    from pipelines.ingest.datasets import jester
     m = presets.flip_label_map("jester", list(jester.CLASSES))
     assert m.dtype == np.int64 and len(m) == 27
     assert swaps(m) == [(0, 1), (6, 7), (14, 15)]
@@ -45,7 +45,7 @@ def test_flip_map_jester():
 
 
 def test_flip_map_sthv2_by_name():
-    from pipelines.datasets import sthv2
+    from pipelines.ingest.datasets import sthv2
     names = [f"class {i}" for i in range(174)]
     (a, b), (c, d), (e, f) = sthv2.FLIP_PAIRS
     names[86], names[87], names[93], names[94], names[166], names[167] = a, b, c, d, e, f
@@ -56,7 +56,7 @@ def test_flip_map_sthv2_by_name():
 
 
 def test_flip_map_egogesture():
-    from pipelines.datasets import egogesture
+    from pipelines.ingest.datasets import egogesture
     names = egogesture.load_classes()
     m = presets.flip_label_map("egogesture", names)
     assert swaps(m) == [(0, 1), (9, 10), (13, 14), (58, 59), (64, 65), (70, 71), (76, 77), (80, 81)]

@@ -10,10 +10,10 @@ import pyarrow as pa
 import pytest
 
 import shardtools
-from pipelines import format as fmt
-from pipelines import partition
+from pipelines.shards import format as fmt
+from pipelines.plan import partition
 from pipelines.errors import ShardError
-from pipelines.reader import ShardDataset
+from pipelines.shards.reader import ShardDataset
 
 
 def fake_jpeg(i: int, j: int) -> bytes:

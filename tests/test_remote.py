@@ -1,4 +1,4 @@
-"""Shards on object storage (pipelines/remote.py, pipelines/remote_direct.py) against a real S3 server (moto)."""
+"""Shards on object storage (pipelines/shards/cache.py, pipelines/shards/direct.py) against a real S3 server (moto)."""
 from __future__ import annotations
 
 import hashlib
@@ -18,10 +18,10 @@ import pyarrow.fs as pafs
 import pytest
 from test_reader import fake_jpeg, write_split
 
-from pipelines import remote, storage
+from pipelines.shards import cache as remote, storage
 from pipelines.errors import ShardError
-from pipelines.reader import ShardDataset
-from pipelines.remote_direct import RemoteShardDataset
+from pipelines.shards.reader import ShardDataset
+from pipelines.shards.direct import RemoteShardDataset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -104,7 +104,7 @@ def test_direct_clip_read_moves_only_its_frames_bytes(s3_server, tmp_path):
     os.makedirs(local / "train")
     import pyarrow as pa
 
-    from pipelines import format as fmt
+    from pipelines.shards import format as fmt
     path = local / fmt.shard_name("train", 0)
     with pa.OSFile(str(path), "wb") as f, pa.ipc.new_file(f, fmt.SCHEMA) as w:
         for a in range(0, 8, 4):
@@ -229,7 +229,7 @@ def test_mismatching_shard_is_fetched_once_more_then_refused(remote_ds, s3_serve
     bad[len(bad) // 2] ^= 0x40  # same size, one flipped bit: only the sha256 can tell
     with fs.open_output_stream(f"{root}/train/shard-00001.arrow") as f:
         f.write(bytes(bad))
-    with caplog.at_level(logging.WARNING, "pipelines.remote"), s3_server.recording() as reqs, \
+    with caplog.at_level(logging.WARNING, "pipelines.shards.cache"), s3_server.recording() as reqs, \
             pytest.raises(ShardError) as e:
         remote.ShardCache(uri, tmp_path / "cache").fetch()
     msg = str(e.value)
@@ -380,7 +380,7 @@ def test_shard_missing_from_the_store(remote_ds, tmp_path):
 
 # ----------------------------------------------------------------------------------------------- with the converter
 def test_converted_dataset_on_s3_reads_like_the_local_conversion(make_raw, s3_server, tmp_path):
-    from pipelines.convert import convert_dataset
+    from pipelines.ingest.convert import convert_dataset
 
     tree = make_raw("jester")
     uri = f"{s3_server.bucket('converted')}/jester-{uuid.uuid4().hex[:6]}"
@@ -403,7 +403,7 @@ def test_loaders_read_s3_shards_like_local_ones(make_raw, s3_server, tmp_path, c
     prefetches each pass's shards) gives the local shards' batches exactly, mid-epoch start included."""
     import torch
 
-    from pipelines.convert import convert_dataset
+    from pipelines.ingest.convert import convert_dataset
     from pipelines.loader import build_loader
 
     tree = make_raw("jester")

@@ -1,4 +1,4 @@
-"""ROI decode (pipelines.decode): the region each resample mode reads, the region decoder, and the loader's pixels
+"""ROI decode (pipelines.decode.frames): the region each resample mode reads, the region decoder, and the loader's pixels
 being bit-identical with and without it for every preset and mode."""
 from __future__ import annotations
 
@@ -13,11 +13,12 @@ import torch.nn.functional as F
 from PIL import Image
 
 import rawtrees
-from pipelines import decode, geometry, presets
-from pipelines.convert import convert_dataset
+from pipelines.decode import frames as decode
+from pipelines.plan import geometry, presets
+from pipelines.ingest.convert import convert_dataset
 from pipelines.errors import FrameError
 from pipelines.loader import build_loader
-from pipelines.plan import ClipPlan
+from pipelines.plan.clip import ClipPlan
 
 try:
     import nvidia.nvimgcodec  # noqa: F401

@@ -1,10 +1,10 @@
-"""Exact TSN sampling indices (pipelines.sampling), incl. n < T, n = T and n = T + 1."""
+"""Exact TSN sampling indices (pipelines.plan.sampling), incl. n < T, n = T and n = T + 1."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from pipelines import sampling
+from pipelines.plan import sampling
 
 
 def rng(seed=0):

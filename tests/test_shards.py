@@ -15,11 +15,11 @@ from PIL import Image
 
 import rawtrees
 import shardtools
-from pipelines import reader
-from pipelines import jpeg
-from pipelines import format as fmt
-from pipelines import shards as sh
-from pipelines import storage
+from pipelines.shards import reader
+from pipelines.decode import jpeg
+from pipelines.shards import format as fmt
+from pipelines.shards import writer as sh
+from pipelines.shards import storage
 from pipelines.errors import ShardError
 
 

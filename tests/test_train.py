@@ -32,7 +32,7 @@ SMALL = ["--arch", "resnet18", "--num-segments", "4", "--size", "64", "--epochs"
 def shards(tmp_path_factory):
     from rawtrees import make_jester
 
-    from pipelines.convert import convert_dataset
+    from pipelines.ingest.convert import convert_dataset
 
     base = tmp_path_factory.mktemp("train-data")
     # 7 val clips: not divisible by world (2) x per-rank batch (2)

@@ -17,9 +17,9 @@ import shardtools
 import simplejpeg
 import videotrees as vt
 
-from pipelines import reader
-from pipelines import video
-from pipelines.convert import convert_dataset
+from pipelines.shards import reader
+from pipelines.ingest import video
+from pipelines.ingest.convert import convert_dataset
 from pipelines.errors import FrameError
 
 av = pytest.importorskip("av")
@@ -138,7 +138,7 @@ def test_fps_resampling_matches_libavfilter_fps(tmp_path):
 
 
 def rawtrees_ref(key):
-    from pipelines.datasets import ClipRef
+    from pipelines.ingest.datasets import ClipRef
 
     return ClipRef(key=key, label=0, folder=f"20bn-something-something-v2/{key}")
 
@@ -233,7 +233,7 @@ def test_frames_and_videos_both_present_and_source_option(tmp_path, caplog):
     for split in tree["clips"].values():  # the same ids as videos too
         for key in split:
             vt.write_video(raw / "20bn-something-something-v2" / f"{key}.webm", 3, seed=int(key))
-    with caplog.at_level(logging.WARNING, logger="pipelines.datasets.sthv2"):
+    with caplog.at_level(logging.WARNING, logger="pipelines.ingest.datasets.sthv2"):
         m = convert_dataset("sthv2", raw, tmp_path / "auto")
     assert "using the extracted frames" in caplog.text and "video" not in m["options"]
     assert all(r["num_frames"] > 3 for r in shardtools.iter_clips(tmp_path / "auto", "train"))  # frames/ (4-6 each)

@@ -6,7 +6,7 @@
     convert_dataset.py verify OUT [--decode]
     convert_dataset.py to-ffcv OUT [FILE.beton] [--splits S]    FFCV files for backend="ffcv" (optional)
 
-The engine is :mod:`pipelines.convert`; this file only parses options and prints one-line errors.
+The engine is :mod:`pipelines.ingest.convert`; this file only parses options and prints one-line errors.
 """
 from __future__ import annotations
 
@@ -117,7 +117,7 @@ def _common_options(f):
 
 def _run(dataset: str, raw, out, splits, workers, shard_mb, seed, skip_bad, limit, progress, verbose,
          fps=None, short_side=None, jpeg_quality=90, **reader_options) -> None:
-    from pipelines.convert import convert_dataset
+    from pipelines.ingest.convert import convert_dataset
 
     _setup_logging(verbose)
     t0 = time.perf_counter()
@@ -198,8 +198,8 @@ def convert_cmd(dataset, drop_last_two, train_on_trainval, source, **kw):
 def verify_cmd(out, decode, progress):
     """Check OUT: re-hash every shard against the manifest and check every row (schema, counts, labels,
     complete JPEGs whose header size matches the row). Exit 1 with the first problem."""
-    from pipelines.reader import verify
-    from pipelines.storage import read_manifest
+    from pipelines.shards.reader import verify
+    from pipelines.shards.storage import read_manifest
 
     try:
         verify(out, decode=decode, progress=progress)
@@ -221,8 +221,8 @@ def to_ffcv_cmd(shards, out, splits, workers, progress):
     """Write SHARDS' splits as FFCV .beton files (one row per clip: label, frame count, the JPEG bytes behind
     an offsets header) for backend="ffcv". OUT (one split only) defaults to SHARDS/ffcv/<split>.beton, where
     the loader looks. Needs ffcv (`make setup-ffcv`)."""
-    from pipelines.ffcv_convert import FfcvUnavailable, to_beton
-    from pipelines.storage import read_manifest
+    from pipelines.backends.ffcv.convert import FfcvUnavailable, to_beton
+    from pipelines.shards.storage import read_manifest
 
     try:
         names = [s for s in splits.split(",") if s] if splits else list(read_manifest(shards)[2]["splits"])

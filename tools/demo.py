@@ -191,7 +191,7 @@ def plot_curves(results: dict, path: Path, title: str) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(title, fontsize=10)
-    from pipelines.storage import save_figure
+    from common.files import save_figure
 
     save_figure(fig, path, dpi=110)
 

@@ -270,7 +270,7 @@ def _check(p: Params) -> None:
 def class_table(layout: str, classes: int = 9) -> list[dict]:
     """The classes used by ``layout``: ``[{"name", "label", "motion"}, ...]`` (label = index in the label file)."""
     if layout == "jester":
-        from pipelines.datasets.jester import CLASSES as names
+        from pipelines.ingest.datasets.jester import CLASSES as names
         rows = [(n, names.index(n), m) for n, m in JESTER_CLASSES]
     elif layout == "egogesture":
         names = egogesture_names()
@@ -283,7 +283,7 @@ def class_table(layout: str, classes: int = 9) -> list[dict]:
 
 
 def egogesture_names() -> list[str]:
-    from pipelines.datasets.egogesture import load_classes
+    from pipelines.ingest.datasets.egogesture import load_classes
     return load_classes()
 
 
@@ -528,7 +528,7 @@ def plan_units(p: Params) -> list[dict]:
                               "folder": f"frames/{k + 1}", "clips": [{"class": c, "start": 1, "end": n}],
                               "frames": n})
         return units
-    from pipelines.datasets.egogesture import SUBJECTS
+    from pipelines.ingest.datasets.egogesture import SUBJECTS
 
     for split in ("train", "val", "test"):
         seq = splits[split]
@@ -594,14 +594,14 @@ def _render_unit(args) -> tuple[int, int, int, list[str]]:
 def _write_text(path: str, text: str) -> None:
     """Write ``text`` to ``path`` atomically (temporary name, then rename)."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    from pipelines.storage import atomic_write
+    from common.files import atomic_write
 
     atomic_write(path, text)
 
 
 def _write_annotations(root: str, p: Params, table: list[dict], units: list[dict], shapes: dict) -> None:
     if p.layout == "jester":
-        from pipelines.datasets.jester import CLASSES, LABELS_FILE, SPLIT_FILES
+        from pipelines.ingest.datasets.jester import CLASSES, LABELS_FILE, SPLIT_FILES
 
         _write_text(os.path.join(root, LABELS_FILE), "\n".join(CLASSES) + "\n")
         for split in ("train", "val", "test"):

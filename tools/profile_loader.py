@@ -63,14 +63,14 @@ def generate_tree(raw: str, *, dataset: str, clips: int, frames: int, size=(320,
                   workers: int = 1) -> None:
     """Write a synthetic raw tree in the official ``jester`` or ``sthv2`` layout (320x240 JPEGs), videos written
     by ``workers`` processes."""
-    from pipelines import datasets
+    from pipelines.ingest import datasets
 
     rng = np.random.default_rng(seed)
     w, h = size
     os.makedirs(os.path.join(raw, "frames"), exist_ok=True)
     spec = datasets.get(dataset)
     if dataset == "jester":
-        from pipelines.datasets.jester import CLASSES
+        from pipelines.ingest.datasets.jester import CLASSES
         classes = list(CLASSES)
     else:
         classes = [f"Doing thing {i}" for i in range(spec.num_classes)]
@@ -154,9 +154,9 @@ def roi_sweep(blobs: list[bytes], rounds: int = 12) -> dict:
     """One thread: CPU time of nvImageCodec region decodes (whole rows from the top, whole rows to the bottom,
     and the middle half of the columns) relative to simplejpeg's full decode of the same frames. Each variant runs
     in its own block (a decoder interleaved frame by frame with the other pays for the other's cold caches); the
-    least disturbed round (the minimum) counts. The fit is the cost model of ``pipelines.decode.ROI_COST``."""
-    from pipelines import decode
-    from pipelines.jpeg import jpeg_size
+    least disturbed round (the minimum) counts. The fit is the cost model of ``pipelines.decode.frames.ROI_COST``."""
+    from pipelines.decode import frames as decode
+    from pipelines.decode.jpeg import jpeg_size
 
     dec = decode.roi_decoder()
     if dec is None:
@@ -197,7 +197,7 @@ def profile_backend(backend: str, *, data, raw, split, mode, batch_size, batches
     import torch
 
     from pipelines import build_loader
-    from pipelines.presets import normalize as normalise
+    from pipelines.plan.presets import normalize as normalise
 
     name, _, variant = backend.partition(":")
     kw = dict(backend=name, mode=mode, batch_size=batch_size, num_segments=num_segments, size=size,
@@ -280,7 +280,7 @@ def plot(results: list, ceiling: dict, num_segments: int, path: str, title: str)
         ax.text(b.get_x() + b.get_width() / 2, v, f"{v:.0f}", ha="center", va="bottom")
     ax.set_ylabel("clips / s")
     ax.set_title(title, fontsize=9)
-    from pipelines.storage import save_figure
+    from common.files import save_figure
 
     save_figure(fig, path, dpi=120)
 
@@ -311,7 +311,7 @@ def plot(results: list, ceiling: dict, num_segments: int, path: str, title: str)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--normalize/--no-normalize", default=False, show_default=True,
-              help="also normalise each batch on --device, as the trainer does (pipelines.presets.normalize); "
+              help="also normalise each batch on --device, as the trainer does (pipelines.plan.presets.normalize); "
                    "default: the loaders' uint8 output alone")
 @click.option("--roi-sweep", "roi_sweep_", is_flag=True, help="also time region decodes against full decodes (JSON roi_sweep)")
 @click.option("--json", "json_path", type=click.Path(), default=None)
@@ -327,7 +327,7 @@ def main(data, raw, generate, dataset, clips, frames, split, mode, backends, bat
             raw = os.path.join(generate, "raw")
             data = os.path.join(generate, "out")
             if not os.path.exists(os.path.join(data, "manifest.json")):
-                from pipelines.convert import convert_dataset
+                from pipelines.ingest.convert import convert_dataset
 
                 click.echo(f"generating {clips} {dataset} videos x {frames} frames (320x240) under {raw} ...")
                 generate_t = time.perf_counter()
@@ -341,7 +341,7 @@ def main(data, raw, generate, dataset, clips, frames, split, mode, backends, bat
             raise click.UsageError("the folder backend needs --raw")
         if any(n.split(":")[0] == "ffcv" for n in names):  # the ffcv backend reads <data>/ffcv/<split>.beton
             try:
-                from pipelines.ffcv_convert import ensure_beton
+                from pipelines.backends.ffcv.convert import ensure_beton
 
                 ensure_beton(data, split, workers=max(1, workers))
             except ImportError as e:
@@ -414,7 +414,7 @@ def main(data, raw, generate, dataset, clips, frames, split, mode, backends, bat
         click.echo(f"{k}: {v:.2f}")
     if json_path:
         os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
-        from pipelines.storage import atomic_write_json
+        from common.files import atomic_write_json
 
         atomic_write_json(json_path, out)
     if plot_path:

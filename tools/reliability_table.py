@@ -45,7 +45,7 @@ def rewrite(readme: Path, body: str) -> None:
         raise SystemExit(f"{readme}: markers {START} / {END} not found")
     new = text[:a + len(START)] + "\n" + body + "\n" + text[z:]
     if new != text:
-        from pipelines.storage import atomic_write
+        from common.files import atomic_write
 
         atomic_write(readme, new)
 

@@ -44,7 +44,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from pipelines.storage import atomic_path, atomic_write, atomic_write_json, save_figure, sha256_file
+from common.files import atomic_path, atomic_write, atomic_write_json, save_figure
+
+from pipelines.shards.storage import sha256_file
 
 log = logging.getLogger("stage_gpu_wheels")
 

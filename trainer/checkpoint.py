@@ -1,6 +1,6 @@
 """Run checkpoints: one saver (``RUN/last.pt``, ``RUN/best.pt``) and one loader.
 
-Saving goes through :func:`pipelines.storage.atomic_path` with fsync: a temporary name next to the final one,
+Saving goes through :func:`common.files.atomic_path` with fsync: a temporary name next to the final one,
 created exclusively and never followed if planted as a symlink, renamed into place only when complete -- a kill
 or a full disk leaves the previous checkpoint intact. Loading uses ``torch.load(weights_only=True)`` (no pickle
 code runs) and refuses a ``last.pt``/``best.pt`` that is a symlink out of the run directory.
@@ -13,16 +13,11 @@ import pickle
 import shutil
 from pathlib import Path
 
+from common.files import atomic_path
 from trainer.errors import TrainingError
 
 CKPT_FORMAT = "action-run"
 _FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
-
-
-def _atomic_path(path: Path, fsync: bool):
-    from trainer.data import atomic_path  # pipelines.storage's, through the trainer's one door to pipelines/
-
-    return atomic_path(path, fsync=fsync)
 
 
 def save_atomic(obj: dict, path: Path) -> None:
@@ -31,7 +26,7 @@ def save_atomic(obj: dict, path: Path) -> None:
 
     path = Path(path)
     try:
-        with _atomic_path(path, True) as tmp:
+        with atomic_path(path, fsync=True) as tmp:
             fd = os.open(tmp, os.O_WRONLY | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0))
             with open(fd, "wb") as f:
                 torch.save(obj, f)
@@ -90,7 +85,7 @@ class Checkpointer:
         save_atomic({"format": CKPT_FORMAT, "version": 2, **state}, self.last)
         if best:
             try:
-                with _atomic_path(self.best, True) as tmp:
+                with atomic_path(self.best, fsync=True) as tmp:
                     shutil.copyfile(self.last, tmp)
             except OSError as e:
                 if e.errno in _FULL:

@@ -25,19 +25,9 @@ BACKEND_PACKAGES = {"torch": "simplejpeg", "folder": "PIL", "dali": "nvidia.dali
 
 
 # ------------------------------------------------------------------------------------------------ files
-def atomic_path(path, *, fsync: bool = False):
-    from pipelines import storage
-    return storage.atomic_path(path, fsync=fsync)
-
-
-def write_json(path, obj) -> None:
-    from pipelines import storage
-    storage.atomic_write_json(path, obj)
-
-
 def manifest(data: str) -> dict:
     """The dataset's manifest (local path or URI); ShardError naming the file and the fix."""
-    from pipelines.storage import read_manifest
+    from pipelines.shards.storage import read_manifest
     return read_manifest(data)[2]
 
 
@@ -122,11 +112,11 @@ class SyntheticLoader:
 
 class ModelInput:
     """Batches -> the model's input on ``device``: uint8 clips are normalised with the dataset preset's mean/std
-    (:func:`pipelines.presets.normalize`; its constants live on the device, so no host sync per step); float
+    (:func:`pipelines.plan.presets.normalize`; its constants live on the device, so no host sync per step); float
     clips (the synthetic loader) are taken as they are."""
 
     def __init__(self, dataset: str, device):
-        from pipelines import presets
+        from pipelines.plan import presets
 
         self.normalize = presets.normalize
         preset = presets.get(dataset)

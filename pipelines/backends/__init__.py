@@ -8,10 +8,10 @@ from __future__ import annotations
 import importlib
 
 BACKENDS = {
-    "torch": "pipelines.backends.torch_backend:build_torch_loader",
+    "torch": "pipelines.backends.torch.loader:build_torch_loader",
     "folder": "pipelines.backends.folder:build_folder_loader",
-    "dali": "pipelines.backends.dali:build_dali_loader",
-    "ffcv": "pipelines.backends.ffcv:build_ffcv_loader",
+    "dali": "pipelines.backends.dali.loader:build_dali_loader",
+    "ffcv": "pipelines.backends.ffcv.loader:build_ffcv_loader",
 }
 
 

@@ -1,14 +1,14 @@
 """Backend ``folder``: the original ACTION-Net data path, kept as the baseline and the correctness reference.
 
 Workers open the raw JPEG files of the sampled frames one by one with PIL (``Image.open(path).convert("RGB")``)
-and apply the original transforms on PIL images (:func:`pipelines.decode.run_plan_pil`: ``GroupScale`` /
+and apply the original transforms on PIL images (:func:`pipelines.decode.frames.run_plan_pil`: ``GroupScale`` /
 squash, crop, ``GroupMultiScaleCrop``'s resize, flip); batches are uint8 like every backend's (the original's
-``ToTorchFormatTensor`` + ``GroupNormalize`` is :func:`pipelines.presets.normalize`, applied by the consumer).
+``ToTorchFormatTensor`` + ``GroupNormalize`` is :func:`pipelines.plan.presets.normalize`, applied by the consumer).
 
 Sampling and geometry are *not* re-implemented: the clip order, keys, labels, frame counts and sizes come from
-the shard manifest/metadata of the same split (``data``), and the plans from :class:`pipelines.plan.Planner`,
+the shard manifest/metadata of the same split (``data``), and the plans from :class:`pipelines.plan.planner.Planner`,
 so for one seed ``folder`` and ``torch`` compute the same clips. Frame files are found with the dataset's own
-annotation reader (:mod:`pipelines.datasets`) and the converter's folder scan (:func:`pipelines.convert.
+annotation reader (:mod:`pipelines.ingest.datasets`) and the converter's folder scan (:func:`pipelines.ingest.convert.
 scan_folder` / ``resolve_clip``): key -> the same frame list conversion stored.
 """
 from __future__ import annotations
@@ -18,16 +18,17 @@ import os
 import time
 
 
-from pipelines.backends.torch_backend import BatchSource, TorchLoader
+from pipelines.backends.torch.loader import BatchSource, TorchLoader
 from pipelines.errors import AnnotationError, FrameError
-from pipelines.plan import Planner, needed_frames
+from pipelines.plan.planner import Planner
+from pipelines.plan.clip import needed_frames
 
 log = logging.getLogger(__name__)
 
 
 def clip_files(dataset: str, raw: str, split: str, classes: list[str], options: dict) -> dict:
     """``{key: ClipRef}`` of ``split`` from the dataset's annotation files under ``raw`` (no folder is listed)."""
-    from pipelines import datasets
+    from pipelines.ingest import datasets
 
     spec = datasets.get(dataset)
     opts = {k: v for k, v in (options or {}).items() if k in spec.options}
@@ -46,7 +47,7 @@ class FolderSource(BatchSource):
         self._files: dict = {}
 
     def files(self, key: str) -> list[str]:
-        from pipelines.scan import resolve_clip, scan_folder
+        from pipelines.ingest.scan import resolve_clip, scan_folder
 
         f = self._files.get(key)
         if f is None:
@@ -62,7 +63,7 @@ class FolderSource(BatchSource):
         import torch
         from PIL import Image
 
-        from pipelines import decode
+        from pipelines.decode import frames as decode
 
         t0 = time.perf_counter()
         plans = self.planner.plans(clip, self.epoch)

@@ -19,9 +19,9 @@ sys.path.insert(0, ROOT)
 
 import pyarrow as pa  # noqa: E402
 
-import pipelines.convert as cv  # noqa: E402
-import pipelines.shards as sh  # noqa: E402
-import pipelines.storage as storage  # noqa: E402
+import pipelines.ingest.convert as cv  # noqa: E402
+import pipelines.shards.writer as sh  # noqa: E402
+import pipelines.shards.storage as storage  # noqa: E402
 
 KILL_AT = int(os.environ.get("FAULT_KILL_AT", "0"))
 COUNT_FILE = os.environ.get("FAULT_COUNT_FILE")

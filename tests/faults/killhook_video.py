@@ -1,5 +1,5 @@
 """``tests/faults/killhook.py`` for video conversions: the same numbered fault points plus the entry to and the
-return from decoding one video (``pipelines.video.read_clip``). Used by test_kill_convert_video.py.
+return from decoding one video (``pipelines.ingest.video.read_clip``). Used by test_kill_convert_video.py.
 
     FAULT_KILL_AT=k python tests/faults/killhook_video.py sthv2 --raw ... --out ...   # SIGKILL itself at event k
     FAULT_COUNT_FILE=f python tests/faults/killhook_video.py ...                       # count the events into f
@@ -13,7 +13,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
-from pipelines import video
+from pipelines.ingest import video
 
 _read_clip = video.read_clip
 

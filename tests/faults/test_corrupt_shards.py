@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines import reader
+from pipelines.shards import reader
 from pipelines.errors import DataError, ShardError
-from pipelines.reader import ShardDataset
+from pipelines.shards.reader import ShardDataset
 
 pytestmark = pytest.mark.faults
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def clean(tmp_path_factory):
     from rawtrees import make_jester
 
-    from pipelines.convert import convert_dataset
+    from pipelines.ingest.convert import convert_dataset
 
     base = tmp_path_factory.mktemp("corrupt")
     make_jester(base / "raw", n_train=6, n_val=1, n_test=1, seed=2)

@@ -24,7 +24,7 @@ TIMEOUT = 30  # --dist-timeout
 def shards(tmp_path_factory):
     from rawtrees import make_jester
 
-    from pipelines.convert import convert_dataset
+    from pipelines.ingest.convert import convert_dataset
 
     base = tmp_path_factory.mktemp("ddp-kill")
     make_jester(base / "raw", n_train=24, n_val=3, n_test=1, frames=(6, 10), size=(80, 64), seed=3)

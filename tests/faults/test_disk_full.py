@@ -65,7 +65,7 @@ def test_checkpoint_write_disk_full_keeps_previous(tmp_path, record):
 def small_shards(tmp_path_factory):
     from rawtrees import make_jester
 
-    from pipelines.convert import convert_dataset
+    from pipelines.ingest.convert import convert_dataset
 
     base = tmp_path_factory.mktemp("df-data")
     make_jester(base / "raw", n_train=8, n_val=3, n_test=1, frames=(6, 10), size=(80, 64), seed=3)

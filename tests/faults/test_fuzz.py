@@ -14,9 +14,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import rawtrees
-from pipelines import datasets, geometry, presets, sampling
-from pipelines.datasets import Problems
-from pipelines.datasets import egogesture as ego
+from pipelines.ingest import datasets
+from pipelines.plan import geometry, presets, sampling
+from pipelines.ingest.datasets import Problems
+from pipelines.ingest.datasets import egogesture as ego
 from pipelines.errors import DataError
 
 pytestmark = pytest.mark.faults

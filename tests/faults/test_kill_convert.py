@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines import reader
+from pipelines.shards import reader
 
 pytestmark = pytest.mark.faults
 

@@ -17,7 +17,7 @@ import pytest
 
 pytest.importorskip("av")
 
-from pipelines import reader
+from pipelines.shards import reader
 
 pytestmark = pytest.mark.faults
 

@@ -24,10 +24,10 @@ import torch
 
 from action import build_model, load_checkpoint
 from action.errors import CheckpointError
-from pipelines import reader
-from pipelines.convert import convert_dataset
+from pipelines.shards import reader
+from pipelines.ingest.convert import convert_dataset
 from pipelines.errors import AnnotationError, FrameError, ShardError
-from pipelines.reader import ShardDataset
+from pipelines.shards.reader import ShardDataset
 from trainer import checkpoint as C
 from trainer.config import make_config
 from trainer.errors import TrainingError
@@ -56,7 +56,7 @@ def test_annotation_ids_cannot_escape(make_raw, tmp_path, record):
                 m = convert_dataset("jester", raw, tmp_path / "o", splits="train", skip_bad=True)
                 assert len(m["skipped"]) == 1 and m["splits"]["train"]["clips"] == 2
             else:
-                from pipelines.datasets import Problems, sthv2
+                from pipelines.ingest.datasets import Problems, sthv2
                 ssv2 = tmp_path / "ssv2"
                 if not ssv2.exists():
                     make_raw("sthv2", n_train=1, n_val=1, n_test=1)

@@ -1,0 +1,191 @@
+"""Where bytes live: filesystems (local or any ``pyarrow.fs`` URI), atomic writes, sha256, the manifest.
+
+The one place for these rules (docs/DESIGN.md "Invariants"):
+
+* :func:`resolve` -- a path or URI as ``(pyarrow FileSystem, root)``: local paths (relative is fine), ``file://``,
+  ``s3://``, ``gs://``, ``hdfs://`` -- whatever ``pyarrow.fs.FileSystem.from_uri`` understands.
+* Every file is written under a temporary name next to its final one and renamed into place
+  (:func:`write_bytes_atomic` on any filesystem; :func:`atomic_write` / :func:`atomic_path` locally, with fsync
+  and without following a planted symlink), so a half-written file is never visible under the final name.
+* :func:`sha256_file` -- the one content hash (manifests, caches, staged wheels).
+* :func:`read_manifest` -- the one manifest reader: ``(fs, root, manifest)`` for a dataset path or URI.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+from common.files import sha256
+from pipelines.errors import ShardError
+from pipelines.shards import format as fmt
+
+_BLOCK = 8 << 20
+TIMEOUTS = {"connect": 3.0, "request": 10.0, "attempts": 3}  # seconds, seconds (a stalled request), tries
+_CRED_ENV = ("AWS_ACCESS_KEY_ID", "AWS_PROFILE", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN",
+             "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI")
+
+
+# ----------------------------------------------------------------------------------------------- filesystems
+def is_uri(path) -> bool:
+    return "://" in os.fspath(path)
+
+
+def _from_uri(path) -> tuple[pafs.FileSystem, str]:
+    """``(filesystem, root)`` as pyarrow opens them (ShardError when the URI cannot be opened)."""
+    path = os.fspath(path)
+    if is_uri(path):
+        try:
+            return pafs.FileSystem.from_uri(path)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as e:
+            raise ShardError(f"{path}: cannot open this filesystem URI ({e})") from None
+    return pafs.LocalFileSystem(), os.path.abspath(path).replace(os.sep, "/")
+
+
+def join(root: str, rel: str) -> str:
+    return f"{root.rstrip('/')}/{rel}" if root else rel
+
+
+def exists(fs: pafs.FileSystem, path: str) -> bool:
+    return fs.get_file_info(path).type == pafs.FileType.File
+
+
+def tmp_name(path: str) -> str:
+    return f"{path}.tmp-{os.getpid()}"
+
+
+def shown(uri, rel: str = "") -> str:
+    """``uri``/``rel`` for messages: without the query string (it may carry keys)."""
+    base = os.fspath(uri).split("?", 1)[0].rstrip("/")
+    return f"{base}/{rel}" if rel else base
+
+
+def _has_s3_credentials(uri: str) -> bool:
+    parts = urlsplit(uri)
+    query = {k.lower(): v for k, v in parse_qs(parts.query).items()}
+    if parts.username or "access_key" in query or query.get("anonymous", [""])[0].lower() in ("true", "1"):
+        return True
+    if any(os.environ.get(k) for k in _CRED_ENV):
+        return True
+    if os.environ.get("AWS_EC2_METADATA_DISABLED", "").lower() == "false":
+        return True  # an explicit opt-in to instance-role credentials
+    files = (os.environ.get("AWS_SHARED_CREDENTIALS_FILE") or Path.home() / ".aws" / "credentials",
+             os.environ.get("AWS_CONFIG_FILE") or Path.home() / ".aws" / "config")
+    return any(os.path.isfile(f) for f in files)
+
+
+def resolve(uri, *, timeouts: dict | None = None) -> tuple[pafs.FileSystem, str]:
+    """``(filesystem, root)`` for a local path or a pyarrow filesystem URI; an S3 filesystem gets ``timeouts``
+    (``connect``/``request`` seconds, ``attempts``; defaults :data:`TIMEOUTS`) so an unreachable endpoint fails
+    in seconds. ShardError (one line naming the URI) when S3 has no credentials configured at all."""
+    uri = os.fspath(uri)
+    if uri.lower().startswith("s3://") and not _has_s3_credentials(uri):
+        raise ShardError(f"{shown(uri)}: no S3 credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
+                         "AWS_PROFILE or ~/.aws/credentials (add ?anonymous=true for a public bucket; set "
+                         "AWS_EC2_METADATA_DISABLED=false to use an instance role)")
+    fs, root = _from_uri(uri)
+    if isinstance(fs, pafs.S3FileSystem):
+        t = {**TIMEOUTS, **(timeouts or {})}
+        kw = dict(fs.__reduce__()[1][0])
+        kw.update(connect_timeout=float(t["connect"]), request_timeout=float(t["request"]),
+                  retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=int(t["attempts"])))
+        fs = pafs.S3FileSystem(**kw)
+    return fs, root
+
+
+def explain(uri: str, e: BaseException, fs=None) -> str:
+    """One line for a failed object-store request: what went wrong with ``uri`` and what to check."""
+    text = " ".join(str(e).split())
+    short = text if len(text) <= 240 else text[:237] + "..."
+    endpoint = "the default AWS endpoint"
+    if isinstance(fs, pafs.S3FileSystem):
+        endpoint = fs.__reduce__()[1][0].get("endpoint_override") or endpoint
+    low = text.lower()
+    if any(s in low for s in ("network_connection", "curlcode", "could not connect", "timeout", "timed out")):
+        return (f"{uri}: cannot reach the object store at {endpoint} ({short}); check AWS_ENDPOINT_URL or "
+                "?endpoint_override=, the network and that the server is up")
+    if any(s in low for s in ("access_denied", "accessdenied", "invalidaccesskeyid", "signaturedoesnotmatch",
+                              "forbidden", "http status 403")):
+        return f"{uri}: access denied ({short}); check the credentials (AWS_* variables, profile) and bucket policy"
+    if "nosuchbucket" in low or "bucket" in low and "not found" in low:
+        return f"{uri}: the bucket does not exist ({short}); check the bucket name in --data"
+    return f"{uri}: object store request failed ({short}); check the URI, endpoint and credentials"
+
+
+def read_manifest_raw(uri, *, timeouts: dict | None = None) -> tuple[pafs.FileSystem, str, dict, bytes]:
+    """``(fs, root, manifest, manifest bytes)`` of a dataset at a path or URI (ShardError naming the URI and what
+    to check: unreachable endpoint, missing bucket, missing manifest, invalid manifest)."""
+    uri = os.fspath(uri)
+    fs, root = resolve(uri, timeouts=timeouts)
+    where = shown(uri, fmt.MANIFEST_NAME) if is_uri(uri) else join(root, fmt.MANIFEST_NAME)
+    try:
+        with fs.open_input_stream(join(root, fmt.MANIFEST_NAME)) as f:
+            raw = f.read()
+    except FileNotFoundError:
+        if isinstance(fs, pafs.S3FileSystem):
+            bucket = root.split("/", 1)[0]
+            try:
+                missing = fs.get_file_info(bucket).type == pafs.FileType.NotFound
+            except (OSError, pa.ArrowException) as e:
+                raise ShardError(explain(where, e, fs)) from None
+            if missing:
+                raise ShardError(f"{where}: bucket {bucket!r} does not exist at this endpoint; check the bucket "
+                                 "name in the URI and AWS_ENDPOINT_URL") from None
+        raise ShardError(f"{where}: manifest not found (run tools/convert_dataset.py first, or check --data)") from None
+    except (OSError, pa.ArrowException) as e:
+        raise ShardError(explain(where, e, fs)) from None
+    return fs, root, fmt.parse_manifest(raw, where=where), bytes(raw)
+
+
+# ----------------------------------------------------------------------------------------------- atomic writes
+def write_bytes_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` on ``fs`` via a temporary name + move (the temp file is removed on failure)."""
+    tmp = tmp_name(path)
+    try:
+        with fs.open_output_stream(tmp) as f:
+            f.write(data)
+        fs.move(tmp, path)
+    except BaseException:
+        with contextlib.suppress(Exception):  # a disk-full write leaves no temp file behind
+            fs.delete_file(tmp)
+        raise
+
+
+def write_json_atomic(fs: pafs.FileSystem, path: str, obj) -> None:
+    write_bytes_atomic(fs, path, (json.dumps(obj, indent=1, sort_keys=False) + "\n").encode())
+
+
+# ----------------------------------------------------------------------------------------------- reading
+def read_json(fs: pafs.FileSystem, path: str):
+    """Parsed JSON at ``path`` or None if it is missing/unreadable/not JSON."""
+    try:
+        with fs.open_input_stream(path) as f:
+            return json.loads(f.read())
+    except (OSError, ValueError, pa.ArrowException):
+        return None
+
+
+def sha256_file(fs: pafs.FileSystem | None, path: str) -> tuple[str, int]:
+    """``(hex sha256, size in bytes)`` of a file (``fs=None`` or a LocalFileSystem: read locally through one
+    reused buffer, so hashing a shard allocates no fresh pages per block)."""
+    if fs is None or isinstance(fs, pafs.LocalFileSystem):
+        return sha256(path)
+    h = hashlib.sha256()
+    size = 0
+    with fs.open_input_stream(path) as f:
+        while b := f.read(_BLOCK):
+            h.update(b)
+            size += len(b)
+    return h.hexdigest(), size
+
+
+def read_manifest(path, *, timeouts: dict | None = None) -> tuple[pafs.FileSystem, str, dict]:
+    """``(fs, root, manifest)`` of a converted dataset at a local path or URI; ShardError (one line naming the
+    manifest and what to check: unreachable endpoint, missing bucket, missing or invalid manifest)."""
+    return read_manifest_raw(path, timeouts=timeouts)[:3]
