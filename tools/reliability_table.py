@@ -1,15 +1,17 @@
 #!/usr/bin/env python
 """Turn the fault-injection results (``bench/results/reliability.json``, written by ``make test-faults``) into
-the Markdown "Reliability" table, and rewrite it in README.md between the markers::
+the fault table of ``docs/reliability.md`` and its one-line summary in ``README.md``, each between markers::
 
-    <!-- reliability:start -->
-    ...generated...
+    <!-- reliability:start -->             (docs/reliability.md: the table)
     <!-- reliability:end -->
+    <!-- reliability-summary:start -->     (README.md: "21 faults, 5808 tries in all, 0 failed ...")
+    <!-- reliability-summary:end -->
 
-    python tools/reliability_table.py                       # print the table
-    python tools/reliability_table.py --readme README.md    # rewrite README's section in place (atomically)
+    python tools/reliability_table.py            # print the table
+    python tools/reliability_table.py --write    # rewrite both sections in place (atomically)
 
-Only the text between the markers changes; the markers must already be in the README.
+Only the text between the markers changes; the markers must already be in the files. ``tests/test_docs.py``
+checks that the committed files equal what this tool generates from the committed JSON.
 """
 from __future__ import annotations
 
@@ -19,7 +21,9 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+DOC, README = ROOT / "docs" / "reliability.md", ROOT / "README.md"
 START, END = "<!-- reliability:start -->", "<!-- reliability:end -->"
+SUMMARY = "<!-- reliability-summary:start -->", "<!-- reliability-summary:end -->"
 AREAS = ("convert", "shards", "train", "annotations", "sampling", "security")
 
 
@@ -32,28 +36,44 @@ def table(data: dict) -> str:
     for r in rows:
         cells = [r["area"], r["fault"], str(r["tries"]), r["outcome"]]
         out.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |")
-    total = sum(r["tries"] for r in rows)
-    failed = sum(1 for r in rows if str(r["outcome"]).startswith("FAILED"))
-    out += ["", f"{len(rows)} faults, {total} tries in all, {failed} failed."]
+    out += ["", totals(rows) + "."]
     return "\n".join(out)
 
 
-def rewrite(readme: Path, body: str) -> None:
-    text = readme.read_text(encoding="utf-8")
-    a, z = text.find(START), text.find(END)
+def totals(rows: list) -> str:
+    failed = sum(1 for r in rows if str(r["outcome"]).startswith("FAILED"))
+    return f"{len(rows)} faults, {sum(r['tries'] for r in rows)} tries in all, {failed} failed"
+
+
+def summary(data: dict) -> str:
+    """README's one line: the totals, the date and where the table is."""
+    return (f"Fault injection (`make test-faults`, {data.get('date', '?')}): {totals(data.get('rows', []))}; "
+            "the table is in [docs/reliability.md](docs/reliability.md).")
+
+
+def generated(text: str, body: str, start: str = START, end: str = END, where: str = "") -> str:
+    """``text`` with the part between ``start`` and ``end`` replaced by ``body``."""
+    a, z = text.find(start), text.find(end)
     if a < 0 or z < a:
-        raise SystemExit(f"{readme}: markers {START} / {END} not found")
-    new = text[:a + len(START)] + "\n" + body + "\n" + text[z:]
+        raise SystemExit(f"error: {where}: markers {start} / {end} not found; put them where the text belongs")
+    return text[:a + len(start)] + "\n" + body + "\n" + text[z:]
+
+
+def rewrite(path: Path, body: str, start: str = START, end: str = END) -> None:
+    text = path.read_text(encoding="utf-8")
+    new = generated(text, body, start, end, where=str(path))
     if new != text:
         from common.files import atomic_write
 
-        atomic_write(readme, new)
+        atomic_write(path, new)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--results", default=str(ROOT / "bench" / "results" / "reliability.json"))
-    ap.add_argument("--readme", default=None, help="rewrite this README's Reliability section")
+    ap.add_argument("--write", action="store_true", help="rewrite the table in --doc and the summary in --readme")
+    ap.add_argument("--doc", default=str(DOC), help="the file holding the table's markers")
+    ap.add_argument("--readme", default=str(README), help="the file holding the summary's markers")
     a = ap.parse_args(argv)
     try:
         data = json.loads(Path(a.results).read_text())
@@ -61,8 +81,9 @@ def main(argv=None) -> int:
         print(f"error: {a.results}: cannot read the results ({e}); run `make test-faults` first", file=sys.stderr)
         return 1
     body = table(data)
-    if a.readme:
-        rewrite(Path(a.readme), body)
+    if a.write:
+        rewrite(Path(a.doc), body)
+        rewrite(Path(a.readme), summary(data), *SUMMARY)
     else:
         print(body)
     return 0

@@ -9,9 +9,9 @@
   examples every run. Tests apply them explicitly (``hyp_settings``) so other test files are unaffected.
 * Results: each test calls ``record(fault, tries, outcome, area=...)``. With ``--run-all-faults`` the session
   merges the rows into ``bench/results/reliability.json`` (atomically; the rows of tests that ran are
-  replaced, those of tests that did not run -- a partial ``-k`` run -- are kept) and rewrites README.md's "Reliability" table with
-  ``tools/reliability_table.py``. A failed test's rows are recorded as ``FAILED``. The fast subset writes
-  nothing (``make test`` never edits tracked files).
+  replaced, those of tests that did not run -- a partial ``-k`` run -- are kept) and rewrites the table in
+  docs/reliability.md and its one-line summary in README.md with ``tools/reliability_table.py --write``. A
+  failed test's rows are recorded as ``FAILED``. The fast subset writes nothing (``make test`` never edits tracked files).
 """
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ from hypothesis import HealthCheck, settings
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "bench" / "results" / "reliability.json"
 README = ROOT / "README.md"
+TABLE = ROOT / "docs" / "reliability.md"
 
 _COMMON = dict(derandomize=True, deadline=None, print_blob=True,
                suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
@@ -128,6 +129,6 @@ def pytest_sessionfinish(session, exitstatus):
             "python": sys.version.split()[0], "rows": list(rows.values())}
     _write_atomic(RESULTS, json.dumps(data, indent=1) + "\n")
     r = subprocess.run([sys.executable, str(ROOT / "tools" / "reliability_table.py"), "--results", str(RESULTS),
-                        "--readme", str(README)], capture_output=True, text=True)
+                        "--write", "--doc", str(TABLE), "--readme", str(README)], capture_output=True, text=True)
     if r.returncode != 0:
         sys.stderr.write(f"tools/reliability_table.py failed:\n{r.stderr}\n")
