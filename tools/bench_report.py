@@ -273,7 +273,8 @@ def render_section(name: str) -> str:
     try:
         return SECTIONS[name]()
     except FileNotFoundError as e:
-        return f"(no results: {Path(e.filename).relative_to(ROOT)} is missing; run the benchmark that writes it)"
+        rel = Path(e.filename).relative_to(RESULTS).as_posix()
+        return f"(no results: bench/results/{rel} is missing; run the benchmark that writes it)"
 
 
 def render(text: str) -> str:
