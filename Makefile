@@ -112,7 +112,7 @@ bench-model: $(STAMP) ## ACTION module cost: optimised vs the official formulati
 bench-remote: $(STAMP) ## shards on S3 (moto on 127.0.0.1): first batch + clips/s, cold/warm cache and direct vs local
 	$(PY) bench/bench_remote.py --out bench/results
 
-stage-gpu: $(STAMP) ## DALI + deps for a GPU host without a registry, in <= 55 MiB parts under .gpu-stage/ (README "On a GPU host")
+stage-gpu: $(STAMP) ## DALI + deps for a GPU host without a registry, in <= 55 MiB parts under .gpu-stage/ (docs/gpu-hosts.md)
 	$(PY) tools/stage_gpu_wheels.py --out .gpu-stage --report bench/results/gpu/staging.json \
 	  --plot bench/results/gpu/staging.png
 

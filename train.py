@@ -69,7 +69,7 @@ def _train(cfg: Config, resume: bool, info) -> dict:
         prog = Progress(ck["epoch"], ck["step_in_epoch"], ck["global_step"], ck["best_top1"])
         if ck["world"] == info.world:  # the same per-rank dropout streams: an exact continuation
             rng = (ck["rng_torch"][info.rank], (ck.get("rng_cuda") or [None] * info.world)[info.rank])
-        else:  # elastic: the same clips per global step, fresh dropout streams (README "Elastic resume")
+        else:  # elastic: the same clips per global step, fresh dropout streams (docs/training.md "Elastic resume")
             torch.manual_seed(elastic_seed(cfg.seed, prog.global_step, info.rank))
             log.info("%s was written by %d ranks, resuming on %d: dropout RNG re-seeded from (seed %d, step %d, rank)",
                      ckpt.last, ck["world"], info.world, cfg.seed, prog.global_step)

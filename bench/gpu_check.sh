@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU checks and benchmarks in one run on a lent GPU host, about 8 minutes (README "On a GPU host").
+# GPU checks and benchmarks in one run on a lent GPU host, about 8 minutes (docs/gpu-hosts.md).
 #
 #   bash bench/gpu_check.sh                  # after the staged parts have arrived (tools/stage_gpu_wheels.py)
 #   STEPS=stage bash bench/gpu_check.sh      # only reassemble, verify and install the staged wheels
@@ -59,7 +59,7 @@ stage() {
       return 0
     fi
     echo "stage: no $parts/SHA256SUMS or BUNDLE.sha256: nothing staged (run tools/stage_gpu_wheels.py here and" \
-         "carry its parts, one per call; README 'On a GPU host'); DALI or simplejpeg is missing"
+         "carry its parts, one per call; docs/gpu-hosts.md); DALI or simplejpeg is missing"
     return 1
   fi
   local want_py have_py bundle

@@ -27,7 +27,7 @@ av = pytest.importorskip("av")
 ROOT = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, str(ROOT / "tools" / "convert_dataset.py")]
 # measured mean |error| of a stored frame against PyAV's RGB decode at the default quality 90 (4:2:0), on these
-# generated frames (README gives the benchmark's); a bound the tests hold the converter to
+# generated frames (docs/datasets-and-conversion.md gives the benchmark's); a bound the tests hold the converter to
 MAX_MEAN_ERR = 2.5
 
 

@@ -22,8 +22,8 @@ uses 1 process (2 CPU cores); on a GPU machine the same commands use the GPU.
 
 The recipe differs from the ImageNet fine-tuning recipes in ``configs/`` because the demo trains from scratch:
 no new_fc lr x5/x10 (``--no-fc-lr5``: with random features it throws the first steps' logits far off and the
-run stays at chance), no dropout, and 3 segments of 48 px (README: what that costs and changes) so
-that both models train in minutes on 2 cores.
+run stays at chance), no dropout, and 3 segments of 48 px (docs/benchmarks.md "make demo": what that costs and
+changes) so that both models train in minutes on 2 cores.
 """
 from __future__ import annotations
 
@@ -334,7 +334,7 @@ def render(report: dict, runs: str) -> str:
               "",
               "next:",
               "  make profile                                  loader clips/s: folder vs torch vs dali vs decode ceiling",
-              "  make convert DATASET=jester RAW=/data/jester  your real dataset (see README: raw layouts)",
+              "  make convert DATASET=jester RAW=/data/jester  your real dataset (see docs/datasets-and-conversion.md)",
               "  make train DATASET=jester GPUS=0,1,2,3        the official ACTION-Net recipe (R50, 8 segments)",
               ""]
     return "\n".join(lines)

@@ -16,7 +16,7 @@ The GPU host has no package registry and a call carries at most 64 MiB of the wo
    ``manifest.json``;
 4. print the device calls: one part per call, each carrying that part only (plus the 1 KB sums file), the
    last one running ``bash bench/gpu_check.sh``, which reassembles and verifies the parts with ``sha256sum``
-   and installs the wheels with ``pip install --no-deps --target`` (README "On a GPU host").
+   and installs the wheels with ``pip install --no-deps --target`` (docs/gpu-hosts.md).
 
 Ignored files in the device's checkout stay there while it is warm, which is what lets the parts add up.
 """

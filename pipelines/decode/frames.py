@@ -168,10 +168,11 @@ def _resize_into(x, out) -> bool:
 # ----------------------------------------------------------------------------------------------- ROI decode
 # Decode only the source pixels a plan's resampling reads (nvImageCodec's CPU backend, libjpeg-turbo's
 # crop + skip), into the full-frame array at their own place: the executor then runs unchanged, so its output is
-# bit-identical to a full decode (pixels outside the region are never read). See README "ROI decode".
+# bit-identical to a full decode (pixels outside the region are never read).
+# See docs/backends-and-profiling.md "ROI decode".
 
-# Time of a region decode relative to a full one (simplejpeg), fitted on 320x240 q90 frames (README "ROI
-# decode"): nvImageCodec's whole-frame decode is ~1.15x simplejpeg's; libjpeg-turbo stops after the region's last
+# Time of a region decode relative to a full one (simplejpeg), fitted on 320x240 q90 frames
+# (docs/backends-and-profiling.md "ROI decode"): nvImageCodec's whole-frame decode is ~1.15x simplejpeg's; libjpeg-turbo stops after the region's last
 # row but still entropy-decodes the rows it skips above, which is most of the work. Cropping columns measured
 # anywhere from 0.25 cheaper to 0.25 dearer from run to run, so regions are whole rows.
 ROI_COST = (0.13, 1.02, -0.45)  # constant, * y1/H, * y0/H
