@@ -82,8 +82,13 @@ def main(argv=None) -> int:
         return 1
     body = table(data)
     if a.write:
-        rewrite(Path(a.doc), body)
-        rewrite(Path(a.readme), summary(data), *SUMMARY)
+        try:
+            rewrite(Path(a.doc), body)
+            rewrite(Path(a.readme), summary(data), *SUMMARY)
+        except OSError as e:
+            print(f"error: {e.filename}: cannot rewrite ({e.strerror}); it must exist and hold the markers",
+                  file=sys.stderr)
+            return 1
     else:
         print(body)
     return 0
