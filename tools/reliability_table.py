@@ -4,7 +4,7 @@ the fault table of ``docs/reliability.md`` and its one-line summary in ``README.
 
     <!-- reliability:start -->             (docs/reliability.md: the table)
     <!-- reliability:end -->
-    <!-- reliability-summary:start -->     (README.md: "21 faults, 5808 tries in all, 0 failed ...")
+    <!-- reliability-summary:start -->     (README.md: "**Reliability:** ... 21 faults, ...")
     <!-- reliability-summary:end -->
 
     python tools/reliability_table.py            # print the table
@@ -47,8 +47,8 @@ def totals(rows: list) -> str:
 
 def summary(data: dict) -> str:
     """README's one line: the totals, the date and where the table is."""
-    return (f"Fault injection (`make test-faults`, {data.get('date', '?')}): {totals(data.get('rows', []))}; "
-            "the table is in [docs/reliability.md](docs/reliability.md).")
+    return (f"**Reliability:** the fault-injection suite (`make test-faults`, {data.get('date', '?')}): "
+            f"{totals(data.get('rows', []))}; the table is in [docs/reliability.md](docs/reliability.md).")
 
 
 def generated(text: str, body: str, start: str = START, end: str = END, where: str = "") -> str:
