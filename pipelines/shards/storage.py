@@ -5,9 +5,11 @@ The one place for these rules (docs/DESIGN.md "Invariants"):
 * :func:`resolve` -- a path or URI as ``(pyarrow FileSystem, root)``: local paths (relative is fine), ``file://``,
   ``s3://``, ``gs://``, ``hdfs://`` -- whatever ``pyarrow.fs.FileSystem.from_uri`` understands.
 * Every file is written under a temporary name next to its final one and renamed into place
-  (:func:`write_bytes_atomic` on any filesystem; :func:`atomic_write` / :func:`atomic_path` locally, with fsync
-  and without following a planted symlink), so a half-written file is never visible under the final name.
-* :func:`sha256_file` -- the one content hash (manifests, caches, staged wheels).
+  (:func:`write_bytes_atomic` on any filesystem; :func:`common.files.atomic_write` / ``atomic_path`` locally,
+  with fsync and without following a planted symlink), so a half-written file is never visible under the final
+  name.
+* :func:`sha256_file` -- the one content hash (:func:`common.files.sha256`) on any filesystem (manifests,
+  caches).
 * :func:`read_manifest` -- the one manifest reader: ``(fs, root, manifest)`` for a dataset path or URI.
 """
 from __future__ import annotations
