@@ -23,7 +23,7 @@ WORKERS ?= 2
 CONVERT_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: help venv setup-ffcv test test-faults test-ffcv convert verify bench bench-convert bench-convert-video bench-model bench-remote stage-gpu profile demo train validate clean
+.PHONY: docs help venv setup-ffcv test test-faults test-ffcv convert verify bench bench-convert bench-convert-video bench-model bench-remote stage-gpu profile demo train validate clean
 
 help: ## this list
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  %-15s %s\n", $$1, $$2}'
@@ -82,6 +82,7 @@ verify: $(STAMP) ## re-hash and check the shards in OUT
 
 bench-convert: $(STAMP) ## conversion MB/s (1 and 2 workers) vs tar on a generated tree
 	$(PY) bench/bench_convert.py --out bench/results
+	$(PY) tools/bench_report.py
 
 # the baseline (b) is the peers' ffmpeg CLI: apt's ffmpeg, installed here only when missing (tests never need it)
 bench-convert-video: $(STAMP) ## SSv2 webm -> shards in one step vs ffmpeg frame extraction + conversion (2 workers)
@@ -91,6 +92,7 @@ bench-convert-video: $(STAMP) ## SSv2 webm -> shards in one step vs ffmpeg frame
 	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends ffmpeg || exit 1; \
 	  else echo "bench-convert-video: the baseline needs the ffmpeg CLI (apt-get install -y --no-install-recommends ffmpeg)" >&2; exit 1; fi; }
 	$(PY) bench/bench_convert_video.py --out bench/results --workers $(WORKERS)
+	$(PY) tools/bench_report.py
 
 validate: $(STAMP) ## check a training config, its shards and backend for NPROC ranks (DATASET, DATA, BACKEND, RUN, ARGS) without starting anything
 	$(PY) train.py validate --dataset $(DATASET) --data $(DATA) --backend $(BACKEND) --run-dir $(RUN) --nproc $(NPROC) $(ARGS) > /dev/null
@@ -102,21 +104,28 @@ train: validate ## DDP training: make train DATASET=jester GPUS=0,1,2,3 [BACKEND
 profile: $(STAMP) ## loader clips/s: folder vs torch vs dali vs decode ceiling on a generated 320x240 tree
 	$(PY) tools/profile_loader.py --generate data/profile --backends folder,torch,torch:torch,torch:exact,dali --batch-size 8 \
 	  --batches 30 --workers 2 --json bench/results/profile_loader.json --plot bench/results/profile_loader.png
+	$(PY) tools/bench_report.py
 
 demo: $(STAMP) ## the whole product on a generated dataset on CPU: generate, convert, train ACTION vs none, test, report
 	$(PY) tools/demo.py --raw data/raw/demo --data data/shards/demo --runs runs/demo $(ARGS)
 
 bench-model: $(STAMP) ## ACTION module cost: optimised vs the official formulation (CPU)
 	$(PY) bench/bench_model.py --out bench/results
+	$(PY) tools/bench_report.py
 
 bench-remote: $(STAMP) ## shards on S3 (moto on 127.0.0.1): first batch + clips/s, cold/warm cache and direct vs local
 	$(PY) bench/bench_remote.py --out bench/results
+	$(PY) tools/bench_report.py
 
 stage-gpu: $(STAMP) ## DALI + deps for a GPU host without a registry, in <= 55 MiB parts under .gpu-stage/ (docs/gpu-hosts.md)
 	$(PY) tools/stage_gpu_wheels.py --out .gpu-stage --report bench/results/gpu/staging.json \
 	  --plot bench/results/gpu/staging.png
+	$(PY) tools/bench_report.py
 
-bench: bench-convert bench-model profile ## all benchmarks (results under bench/results/)
+bench: bench-convert bench-model profile ## all benchmarks (results under bench/results/, tables in docs/benchmarks.md)
+
+docs: $(STAMP) ## regenerate docs/benchmarks.md's tables from bench/results/*.json (make bench-* does it too)
+	$(PY) tools/bench_report.py
 
 clean: ## remove generated data and runs (keeps .venv)
 	rm -rf data runs .pytest_cache
