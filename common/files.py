@@ -1,8 +1,9 @@
 """Local files written atomically, hashed and plotted: the one way every layer (ingest, shards, trainer, tools,
 benches) writes a file.
 
-Every file is written under a temporary name next to its final one and renamed into place, so a half-written file
-is never visible under the final name (:func:`atomic_path`, :func:`atomic_write`, :func:`atomic_write_json`,
+Every file is written under a temporary name next to its final one (:func:`temp_name`, the one convention, also
+used by :func:`pipelines.shards.storage.atomic_target` on object stores) and renamed into place, so a half-written
+file is never visible under the final name (:func:`atomic_path`, :func:`atomic_write`, :func:`atomic_write_json`,
 :func:`save_figure`). :func:`sha256` is the one content hash of a local file.
 """
 from __future__ import annotations
@@ -17,13 +18,23 @@ from typing import Iterator
 _BLOCK = 8 << 20
 
 
+def temp_name(path):
+    """The temporary name of ``path`` while it is written: ``.NAME.tmp-PID`` in the same folder (hidden, and
+    unique per process). ``path`` is a local path (a :class:`~pathlib.Path` comes back) or a ``/``-separated
+    filesystem path string (a string comes back)."""
+    if isinstance(path, Path):
+        return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    head, sep, name = os.fspath(path).rpartition("/")
+    return f"{head}{sep}.{name}.tmp-{os.getpid()}"
+
+
 @contextlib.contextmanager
 def atomic_path(path, *, fsync: bool = False) -> Iterator[Path]:
     """A local temporary path next to ``path``; renamed onto ``path`` when the block ends without an error,
     removed otherwise. The temp name is created exclusively and never followed if it is a symlink, so a stale
     or planted link is replaced, not written through. ``fsync`` flushes the file before the rename."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = temp_name(path)
     with contextlib.suppress(FileNotFoundError):
         tmp.unlink()
     try:

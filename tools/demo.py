@@ -130,16 +130,14 @@ def train_model(name: str, run: Path, train_args: list[str], logs: Path) -> dict
     elif run.exists():
         shutil.rmtree(run)
     run.mkdir(parents=True, exist_ok=True)
-    tmp = run / "demo-args.json.tmp"
-    tmp.write_text(json.dumps(train_args), encoding="utf-8")
-    os.replace(tmp, stamp)
+    from common.files import atomic_write
+
+    atomic_write(stamp, json.dumps(train_args))
     t0 = time.perf_counter()
     _run([sys.executable, "train.py", "train", *args], logs / f"train-{name}.log", f"training {name}")
     seconds = time.perf_counter() - t0
     if "--resume" not in args:  # a resumed run's time would be only its last part
-        tmp = run / "demo-seconds.json.tmp"
-        tmp.write_text(json.dumps(seconds), encoding="utf-8")
-        os.replace(tmp, timing)
+        atomic_write(timing, json.dumps(seconds))
     return {"reused": False, "seconds": seconds}
 
 
@@ -296,9 +294,9 @@ def main(raw, data, runs, clips_per_class, val_per_class, frame_size, arch, size
     report = {"results": results, "seconds": times, "reused": reused, "total_seconds": total, "classes": classes,
               "config": {"arch": arch, "size": size, "segments": segments, "epochs": epochs, "batch_size": batch_size,
                          "lr": lr, "lr_steps": lr_steps, "clips_per_class": clips_per_class}}
-    tmp = runs_p / "report.json.tmp"
-    tmp.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, runs_p / "report.json")
+    from common.files import atomic_write
+
+    atomic_write(runs_p / "report.json", json.dumps(report, indent=1) + "\n")
     click.echo(render(report, runs))
 
 

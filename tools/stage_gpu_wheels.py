@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from common.files import atomic_path, atomic_write, atomic_write_json, save_figure
+from common.files import atomic_path, atomic_write, atomic_write_json, save_figure, temp_name
 
 from pipelines.shards.storage import sha256_file
 
@@ -196,7 +196,7 @@ def split_bundle(files: list[Path], parts_dir: Path, part_bytes: int) -> dict:
     if len(set(names)) != len(names):
         raise click.ClickException(f"two staged wheels share a file name ({sorted(names)}): keep one of each")
     parts_dir = Path(parts_dir)
-    tmp = parts_dir.with_name(f".{parts_dir.name}.tmp")
+    tmp = temp_name(parts_dir)  # a whole folder: written under the temp name, then swapped in
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:

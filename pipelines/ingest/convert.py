@@ -15,7 +15,7 @@ one pool of ``workers`` processes (``fork`` on Linux, see :func:`default_start_m
    reach ``shard_mb`` MiB. The plan therefore does not depend on ``workers``;
 4. **write** each shard (one process per shard): the JPEG bytes are read untouched, every frame's header is
    checked (SOI, SOF size equal for all frames of a clip, EOI), batches of ``format.ROWS_PER_BATCH`` rows
-   are streamed to ``<shard>.tmp-<pid>`` and hashed; a small state file ``OUT/.convert/<split>-<index>.json``
+   are streamed to ``.<shard>.tmp-<pid>`` (:func:`common.files.temp_name`) and hashed; a small state file ``OUT/.convert/<split>-<index>.json``
    records the shard's plan fingerprint, sha256 and skips; then the shard is moved into place. Memory per
    process: about one record batch of frame bytes (one whole shard when OUT is an object store);
 5. **manifest** -- written last, atomically. Any old manifest is removed when a run starts, so a visible

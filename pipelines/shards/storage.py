@@ -4,10 +4,10 @@ The one place for these rules (docs/DESIGN.md "Invariants"):
 
 * :func:`resolve` -- a path or URI as ``(pyarrow FileSystem, root)``: local paths (relative is fine), ``file://``,
   ``s3://``, ``gs://``, ``hdfs://`` -- whatever ``pyarrow.fs.FileSystem.from_uri`` understands.
-* Every file is written under a temporary name next to its final one and renamed into place
-  (:func:`write_bytes_atomic` on any filesystem; :func:`common.files.atomic_write` / ``atomic_path`` locally,
-  with fsync and without following a planted symlink), so a half-written file is never visible under the final
-  name.
+* Every file is written under a temporary name next to its final one (:func:`common.files.temp_name`) and
+  renamed into place (:func:`atomic_target` / :func:`write_bytes_atomic` on any filesystem: a local one goes
+  through :func:`common.files.atomic_path`, which never follows a planted symlink), so a half-written file is
+  never visible under the final name.
 * :func:`sha256_file` -- the one content hash (:func:`common.files.sha256`) on any filesystem (manifests,
   caches).
 * :func:`read_manifest` -- the one manifest reader: ``(fs, root, manifest)`` for a dataset path or URI.
@@ -19,11 +19,13 @@ import hashlib
 import json
 import os
 from pathlib import Path
+from typing import Iterator
 from urllib.parse import parse_qs, urlsplit
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 
+from common import files
 from common.files import sha256
 from pipelines.errors import ShardError
 from pipelines.shards import format as fmt
@@ -56,10 +58,6 @@ def join(root: str, rel: str) -> str:
 
 def exists(fs: pafs.FileSystem, path: str) -> bool:
     return fs.get_file_info(path).type == pafs.FileType.File
-
-
-def tmp_name(path: str) -> str:
-    return f"{path}.tmp-{os.getpid()}"
 
 
 def shown(uri, rel: str = "") -> str:
@@ -146,17 +144,30 @@ def read_manifest_raw(uri, *, timeouts: dict | None = None) -> tuple[pafs.FileSy
 
 
 # ----------------------------------------------------------------------------------------------- atomic writes
-def write_bytes_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` on ``fs`` via a temporary name + move (the temp file is removed on failure)."""
-    tmp = tmp_name(path)
+@contextlib.contextmanager
+def atomic_target(fs: pafs.FileSystem, path: str) -> Iterator[str]:
+    """The temporary path (:func:`common.files.temp_name`) to write ``path`` of ``fs`` under; moved onto ``path``
+    when the block ends without an error, deleted otherwise (a disk-full write leaves no temp file behind).
+    On a local filesystem this is :func:`common.files.atomic_path`."""
+    if isinstance(fs, pafs.LocalFileSystem):
+        with files.atomic_path(path) as tmp:
+            yield str(tmp)
+        return
+    tmp = files.temp_name(path)
     try:
-        with fs.open_output_stream(tmp) as f:
-            f.write(data)
+        yield tmp
         fs.move(tmp, path)
     except BaseException:
-        with contextlib.suppress(Exception):  # a disk-full write leaves no temp file behind
+        with contextlib.suppress(Exception):
             fs.delete_file(tmp)
         raise
+
+
+def write_bytes_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` on ``fs`` under a temporary name, then move it into place (:func:`atomic_target`)."""
+    with atomic_target(fs, path) as tmp:
+        with fs.open_output_stream(tmp) as f:
+            f.write(data)
 
 
 def write_json_atomic(fs: pafs.FileSystem, path: str, obj) -> None:

@@ -6,7 +6,7 @@
 Reading and checking shards is :mod:`pipelines.shards.reader`; filesystems, atomic writes and the manifest reader are
 :mod:`pipelines.shards.storage`; the JPEG validity rule is :mod:`pipelines.decode.jpeg`.
 
-Every file is written as ``<final>.tmp-<pid>`` and moved to its final name, so a half-written file is never
+Every file is written under its temporary name (:func:`common.files.temp_name`) and moved to its final name, so a half-written file is never
 visible under the final name.
 """
 from __future__ import annotations
@@ -59,10 +59,9 @@ def write_shard(fs: pafs.FileSystem, path: str, batches: Iterable[pa.RecordBatch
     and before it is moved into place (the converter records the shard's state there, so a file under its
     final name always has its state).
     """
-    tmp = storage.tmp_name(path)
     clips = 0
     local = isinstance(fs, pafs.LocalFileSystem)
-    try:
+    with storage.atomic_target(fs, path) as tmp:
         sink = pa.OSFile(tmp, "wb") if local else pa.BufferOutputStream()
         try:
             with pa.ipc.new_file(sink, fmt.SCHEMA) as w:
@@ -83,12 +82,5 @@ def write_shard(fs: pafs.FileSystem, path: str, batches: Iterable[pa.RecordBatch
         entry = {"clips": clips, "bytes": size, "sha256": digest}
         if before_move is not None:
             before_move(entry)
-        fs.move(tmp, path)
-    except BaseException:
-        try:
-            fs.delete_file(tmp)
-        except Exception:  # noqa: BLE001 - best effort cleanup, the original error matters
-            pass
-        raise
     return entry
 

@@ -97,9 +97,9 @@ def pytest_runtest_makereport(item, call):
 
 def _write_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    from common.files import atomic_write
+
+    atomic_write(path, text)
 
 
 def pytest_sessionfinish(session, exitstatus):
