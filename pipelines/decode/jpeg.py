@@ -1,11 +1,16 @@
 """The one JPEG validity rule (converter, loaders and ``verify`` alike): SOI at the start, EOI at the end
-(trailing zero padding tolerated), a frame header giving the size. The numba copy in
-:mod:`pipelines.backends.ffcv.kernels` is tested equal to it on the same bad inputs.
+(trailing zero padding tolerated), a frame header giving the size. Every check calls it: the converter and
+``verify`` (:class:`JpegChecker`), the torch decode (:func:`check_eoi` before libjpeg-turbo's strict decode), DALI's
+pre-check (:func:`problem`). The numba copy in :mod:`pipelines.backends.ffcv.kernels` is a compiled mirror (numba
+cannot call Python), tested equal to it on the same corpus.
 
 * :func:`jpeg_size` -- (height, width) from a JPEG's SOF header; checks SOI/EOI so truncation is caught.
 * :class:`JpegChecker` -- the same with a one-entry cache of the last header prefix (frames of one encoder).
+* :func:`problem` -- why bytes are not a good frame of a given size (None when they are).
 """
 from __future__ import annotations
+
+import threading
 
 import numpy as np
 
@@ -99,3 +104,21 @@ class JpegChecker:
         h, w, end = jpeg_header(b)
         self.prefix, self.hw = bytes(b[:end]), (h, w)
         return h, w
+
+
+_LOCAL = threading.local()
+
+
+def problem(b, size: tuple[int, int] | None = None) -> str | None:
+    """Why the JPEG bytes ``b`` break the rule, or are not ``size`` = (height, width) when given; None when they
+    are a good frame. Uses one :class:`JpegChecker` per thread (frames of one encoder skip the marker walk)."""
+    check = getattr(_LOCAL, "check", None)
+    if check is None:
+        check = _LOCAL.check = JpegChecker()
+    try:
+        hw = check(b)
+    except ValueError as e:
+        return str(e)
+    if size is not None and hw != tuple(size):
+        return f"JPEG header says {hw[1]}x{hw[0]}, the shard says {size[1]}x{size[0]}"
+    return None

@@ -5,6 +5,9 @@ re-implemented: the same triangle filter widened by the scale (antialias), the s
 coefficients and rounding, horizontal pass then vertical pass with an 8-bit intermediate. Only the pixels
 that survive the crop are computed (the pre-resize is evaluated on the crop window alone, which is exact
 because every output pixel of a separable resize depends only on its own row/column coefficients).
+
+:func:`jpeg_size` and :func:`has_eoi` mirror the one JPEG rule (:mod:`pipelines.decode.jpeg`) because numba cannot
+call Python; tests/test_jpeg.py proves them equal to it on the same corpus.
 """
 from __future__ import annotations
 
@@ -142,7 +145,8 @@ def resize_window(src, out_h, out_w, y0, y1, x0, x1):
 
 @njit(nogil=True, cache=False)
 def jpeg_size(buf):
-    """(height, width) from the SOF marker of JPEG bytes; (-1, -1) when the stream is not a JPEG or has none."""
+    """Mirror of :func:`pipelines.decode.jpeg.jpeg_header`'s walk: (height, width) from the SOF marker of JPEG
+    bytes; (-1, -1) when the stream is not a JPEG or has none."""
     n = buf.shape[0]
     if n < 4 or buf[0] != 0xFF or buf[1] != 0xD8:
         return -1, -1
@@ -172,7 +176,7 @@ def jpeg_size(buf):
 
 @njit(nogil=True, cache=False)
 def has_eoi(buf):
-    """The one JPEG rule's end (:func:`pipelines.decode.jpeg.check_eoi`): EOI last, trailing zero padding tolerated."""
+    """Mirror of :func:`pipelines.decode.jpeg.check_eoi`: EOI last, trailing zero padding tolerated."""
     e = buf.shape[0]
     while e > 4 and buf[e - 1] == 0:
         e -= 1
