@@ -40,6 +40,7 @@ from typing import Any, Mapping, NamedTuple
 from pipelines.plan.clip import MODES
 
 from pipelines.plan.planner import Planner
+from pipelines.shards.api import ShardReader
 
 ON_BAD = ("raise", "replace")
 
@@ -129,7 +130,7 @@ class LoaderSpec:
 class OpenSplit(NamedTuple):
     """What every backend needs before it reads a frame: the split's shards and the planner over them."""
 
-    shards: Any  # pipelines.shards.reader.ShardDataset (or a reader with the same interface)
+    shards: ShardReader
     planner: Planner
 
 

@@ -21,6 +21,7 @@ from test_reader import fake_jpeg, write_split
 from pipelines.shards import cache as remote, storage
 from pipelines.errors import ShardError
 from pipelines.shards.reader import ShardDataset
+from pipelines.shards.api import ShardReader
 from pipelines.shards.direct import RemoteShardDataset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -57,6 +58,10 @@ def test_direct_mode_reads_every_frame_as_the_local_reader(remote_ds):
     local = ShardDataset(local_dir, "train")
     ds = remote.open_split(uri, "train", cache_dir=None)
     assert isinstance(ds, RemoteShardDataset)
+    assert isinstance(ds, ShardReader) and isinstance(local, ShardReader)  # the one reader interface
+    for reader in (ds, local):  # one offsets reader: the same range check
+        with pytest.raises(IndexError, match="frame 99 out of range for clip 3 with"):
+            reader.frames(3, [0, 99])
     assert (len(ds), ds.dataset, ds.split, ds.classes) == (len(local), "jester", "train", local.classes)
     ml, mr = local.metadata(), ds.metadata()
     assert mr["key"] == ml["key"] == [f"v{i}" for i in range(12)]
@@ -152,7 +157,7 @@ def test_local_paths_pass_through_without_a_copy(tmp_path):
 def test_cache_one_downloader_per_node_then_warm_cache_downloads_nothing(remote_ds, s3_server, tmp_path):
     local_dir, uri = remote_ds
     cache = tmp_path / "cache"
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); from pipelines import remote; "
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from pipelines.shards import cache as remote; "
             "print(remote.ShardCache(sys.argv[2], sys.argv[3]).fetch(['train']))")
     with s3_server.recording() as reqs:  # three "ranks" of one node start together
         procs = [subprocess.Popen([sys.executable, "-c", code, ROOT, uri, str(cache)], stdout=subprocess.PIPE,
@@ -200,7 +205,7 @@ def test_download_killed_with_sigkill_resumes(s3_server, tmp_path):
     proxy = s3server.SlowProxy(s3_server.port, delay=0.05, chunk=512)  # ~10 KB/s: a shard takes ~0.4 s
     cache = tmp_path / "cache"
     slow = f"{uri}?endpoint_override=127.0.0.1:{proxy.port}&scheme=http"
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); from pipelines import remote; "
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from pipelines.shards import cache as remote; "
             "remote.ShardCache(sys.argv[2], sys.argv[3], threads=1).fetch(['train'])")
     proc = subprocess.Popen([sys.executable, "-c", code, ROOT, slow, str(cache)], env={**os.environ})
     try:

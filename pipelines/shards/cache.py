@@ -31,6 +31,7 @@ import pyarrow.fs as pafs
 from common import files
 from pipelines.shards import format as fmt
 from pipelines.shards import storage
+from pipelines.shards.api import ShardReader
 from pipelines.errors import ShardError
 
 log = logging.getLogger(__name__)
@@ -245,8 +246,8 @@ def is_remote(data) -> bool:
 
 
 def open_split(data, split: str, *, cache_dir=DEFAULT, max_gb: float | None = None, threads: int = 16,
-               gap: int = 0, timeouts: dict | None = None, verify: bool = False):
-    """The reader of ``split`` of the dataset at ``data`` (a local path or any ``pyarrow.fs`` URI).
+               gap: int = 0, timeouts: dict | None = None, verify: bool = False) -> ShardReader:
+    """The reader (:class:`~pipelines.shards.api.ShardReader`) of ``split`` of the dataset at ``data`` (a local path or any ``pyarrow.fs`` URI).
 
     Local data (``file://`` too): :class:`~pipelines.shards.reader.ShardDataset` in place. Remote data: with a
     ``cache_dir`` (default :func:`default_cache_dir`) and no ``max_gb``, the split's shards are fetched into the

@@ -27,6 +27,7 @@ import pyarrow as pa
 
 from pipelines.shards import format as fmt
 from pipelines.shards import storage
+from pipelines.shards.reader import locate, row_offsets
 from pipelines.errors import ShardError
 
 log = logging.getLogger(__name__)
@@ -293,8 +294,6 @@ class RemoteShardDataset:
 
     def locate(self, i: int) -> tuple[int, int, int]:
         """``(shard, batch, row)`` of clip ``i``."""
-        from pipelines.shards.reader import locate
-
         return locate(i, self.shard_starts, self._starts.__getitem__, self.split)
 
     def metadata(self) -> dict:
@@ -312,29 +311,23 @@ class RemoteShardDataset:
         frames (or of frames at most ``gap`` bytes apart), all in flight together."""
         s, b, r = self.locate(i)
         ix = self._index[s][b]
-        a, z = int(ix.list_offs[r]), int(ix.list_offs[r + 1])
-        n = z - a
-        want = sorted({int(j) for j in indices})
-        for j in want:
-            if not 0 <= j < n:
-                raise IndexError(f"frame {j} out of range for clip {i} with {n} frames")
-        vo = ix.value_offs
+        o = row_offsets(ix.list_offs, ix.value_offs, r, indices, i)
         runs: list[list[int]] = []  # frames read by one request: neighbours, or up to ``gap`` bytes apart
-        for j in want:
-            if runs and int(vo[a + j]) - int(vo[a + runs[-1][-1] + 1]) <= self.gap:
+        for j in sorted({int(j) for j in indices}):
+            if runs and int(o[j]) - int(o[runs[-1][-1] + 1]) <= self.gap:
                 runs[-1].append(j)
             else:
                 runs.append([j])
         f, where = self._frames_file(s), self.where(s)
 
         def get(run):
-            lo, hi = int(vo[a + run[0]]), int(vo[a + run[-1] + 1])
+            lo, hi = int(o[run[0]]), int(o[run[-1] + 1])
             return lo, np.frombuffer(read(f, ix.values_at + lo, hi - lo, where), dtype=np.uint8)
 
         got = {}
         for run, (base, buf) in zip(runs, self._map(get, runs) if len(runs) > 1 else map(get, runs)):
             for j in run:
-                got[j] = buf[int(vo[a + j]) - base:int(vo[a + j + 1]) - base]
+                got[j] = buf[int(o[j]) - base:int(o[j + 1]) - base]
         return [got[int(j)] for j in indices]
 
     def prefetch(self, clip_indices) -> None:

@@ -177,25 +177,13 @@ class ShardDataset:
     def frames(self, i: int, indices) -> list[np.ndarray]:
         """JPEG bytes of frames ``indices`` of clip ``i`` as zero-copy ``uint8`` views into the memory map."""
         rb, r = self._row(i)
-        col = rb.column("frames")
-        lo = np.frombuffer(col.buffers()[1], dtype=np.int32, count=2, offset=4 * (col.offset + r))
-        values = col.values
-        a, z = int(lo[0]), int(lo[1])
-        vo = np.frombuffer(values.buffers()[1], dtype=np.int32, count=z - a + 1, offset=4 * (values.offset + a))
-        data = values.buffers()[2]
-        buf = np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, np.uint8)
-        n = z - a
-        out = []
-        for j in indices:
-            j = int(j)
-            if not 0 <= j < n:
-                raise IndexError(f"frame {j} out of range for clip {i} with {n} frames")
-            out.append(buf[int(vo[j]):int(vo[j + 1])])
-        return out
+        lo, vo, buf = frame_views(rb.column("frames"))
+        o = row_offsets(lo, vo, r, indices, i)
+        return [buf[int(o[j]):int(o[int(j) + 1])] for j in indices]
 
 
-# ------------------------------------------------------------------ whole-dataset checks and scans
-def _frame_views(frames: pa.ListArray):
+# ------------------------------------------------------------------ the frames column: one offsets reader
+def frame_views(frames: pa.ListArray):
     """(list offsets, value offsets, values buffer as uint8 array) of a list<binary> array (no copies)."""
     values = frames.values
     lo = np.frombuffer(frames.buffers()[1], dtype=np.int32)[frames.offset:frames.offset + len(frames) + 1]
@@ -205,6 +193,19 @@ def _frame_views(frames: pa.ListArray):
     return lo, vo, buf
 
 
+def row_offsets(list_offs: np.ndarray, value_offs: np.ndarray, r: int, indices=(), clip: int | None = None):
+    """The byte offsets of row ``r``'s frames in a list<binary> column's values (``n + 1`` of them: frame ``j`` is
+    ``values[o[j]:o[j + 1]]``), from its list and value offsets (:func:`frame_views`, or the direct reader's
+    index). IndexError naming ``clip`` when one of ``indices`` is not a frame of the row."""
+    o = value_offs[int(list_offs[r]):int(list_offs[r + 1]) + 1]
+    n = len(o) - 1
+    for j in indices:
+        if not 0 <= int(j) < n:
+            raise IndexError(f"frame {int(j)} out of range for clip {r if clip is None else clip} with {n} frames")
+    return o
+
+
+# ------------------------------------------------------------------ whole-dataset checks and scans
 def verify(out, *, decode: bool = False, progress: bool = False) -> None:
     """Check a converted dataset; raise ShardError naming the first problem.
 
@@ -216,83 +217,103 @@ def verify(out, *, decode: bool = False, progress: bool = False) -> None:
     from tqdm import tqdm
 
     fs, root, m = storage.read_manifest(out)
-    n_classes = len(m["classes"])
-    decoder = None
-    if decode:
-        import simplejpeg
-        decoder = simplejpeg.decode_jpeg
-    check = JpegChecker()
+    rows = _RowCheck(len(m["classes"]), decode)
     shards = [(split, sh) for split, s in m["splits"].items() for sh in s["shards"]]
-    bar = tqdm(shards, desc="verify", unit="shard", disable=not progress)
     totals: dict[str, list[int]] = {}
-    for split, sh in bar:
-        rel = fmt.safe_relpath(sh["path"])
-        path = storage.join(root, rel)
-        if isinstance(fs, pafs.LocalFileSystem):
-            fmt.check_inside(root, path, where=storage.join(root, fmt.MANIFEST_NAME))
-        info = fs.get_file_info(path)
-        if info.type != pafs.FileType.File:
-            raise ShardError(f"{path}: shard listed in the manifest is missing (re-run the conversion)")
-        if info.size != sh["bytes"]:
-            raise ShardError(f"{path}: size {info.size} bytes, the manifest says {sh['bytes']}")
-        digest, _ = storage.sha256_file(fs, path)
-        if digest != sh["sha256"]:
-            raise ShardError(f"{path}: sha256 {digest} does not match the manifest ({sh['sha256']}); "
-                             "the file is corrupt or was replaced -- re-run the conversion")
-        with fs.open_input_file(path) as f:
-            try:
-                reader = pa.ipc.open_file(f)
-                if not reader.schema.equals(fmt.SCHEMA):
-                    raise ShardError(f"{path}: schema {reader.schema} differs from the shard format")
-                batches = [reader.get_batch(i) for i in range(reader.num_record_batches)]
-            except pa.ArrowException as e:
-                raise ShardError(f"{path}: not a readable Arrow IPC file ({e})") from None
-        rows = sum(b.num_rows for b in batches)
-        if rows != sh["clips"]:
-            raise ShardError(f"{path}: holds {rows} clips, the manifest says {sh['clips']}")
+    for split, sh in tqdm(shards, desc="verify", unit="shard", disable=not progress):
+        path = storage.join(root, fmt.safe_relpath(sh["path"]))
+        batches = _read_shard(fs, root, path, sh)
         t = totals.setdefault(split, [0, 0])
-        t[0] += rows
-        keys_seen = totals.setdefault(f"keys:{split}", set())  # type: ignore[arg-type]
+        t[0] += sum(b.num_rows for b in batches)
+        keys_seen = rows.keys.setdefault(split, set())
         for bi, b in enumerate(batches):
             if bi < len(batches) - 1 and b.num_rows != fmt.ROWS_PER_BATCH:
                 raise ShardError(f"{path}: batch {bi} has {b.num_rows} rows, expected {fmt.ROWS_PER_BATCH}")
-            keys = b.column("key").to_pylist()
-            labels = b.column("label").to_numpy()
-            counts = b.column("num_frames").to_numpy()
-            heights = b.column("height").to_numpy()
-            widths = b.column("width").to_numpy()
-            lo, vo, arr = _frame_views(b.column("frames"))
-            buf = memoryview(arr)
-            for r in range(b.num_rows):
-                key = keys[r]
-                where = f"{path}: clip {key!r}"
-                if key in keys_seen:
-                    raise ShardError(f"{where} appears twice in split {split!r}")
-                keys_seen.add(key)
-                if not -1 <= labels[r] < n_classes:
-                    raise ShardError(f"{where} has label {labels[r]} outside -1..{n_classes - 1}")
-                a, z = lo[r], lo[r + 1]
-                if z - a != counts[r] or counts[r] < 1:
-                    raise ShardError(f"{where} has {z - a} frames but num_frames is {counts[r]}")
-                t[1] += int(counts[r])
-                for j in range(a, z):
-                    fb = buf[vo[j]:vo[j + 1]]
-                    try:
-                        hw = check(fb)
-                    except ValueError as e:
-                        raise ShardError(f"{where} frame {j - a}: {e}") from None
-                    if hw != (heights[r], widths[r]):
-                        raise ShardError(f"{where} frame {j - a}: JPEG header says {hw[1]}x{hw[0]}, "
-                                         f"the row says {widths[r]}x{heights[r]}")
-                    if decoder is not None:
-                        try:
-                            img = decoder(bytes(fb))
-                        except (ValueError, RuntimeError) as e:
-                            raise ShardError(f"{where} frame {j - a}: does not decode ({e})") from None
-                        if img.shape[:2] != hw:
-                            raise ShardError(f"{where} frame {j - a}: decodes to {img.shape}, header {hw}")
+            t[1] += rows.batch(path, split, b, keys_seen)
     for split, s in m["splits"].items():
         clips, frames = totals.get(split, [0, 0])
         if clips != s["clips"] or frames != s["frames"]:
             raise ShardError(f"{storage.join(root, fmt.MANIFEST_NAME)}: split {split!r} holds {clips} clips/{frames} "
                              f"frames, the manifest says {s['clips']}/{s['frames']}")
+
+
+def _read_shard(fs, root: str, path: str, sh: dict) -> list[pa.RecordBatch]:
+    """The record batches of the shard at ``path`` once its place, size, sha256, schema and row count match the
+    manifest entry ``sh``."""
+    if isinstance(fs, pafs.LocalFileSystem):
+        fmt.check_inside(root, path, where=storage.join(root, fmt.MANIFEST_NAME))
+    info = fs.get_file_info(path)
+    if info.type != pafs.FileType.File:
+        raise ShardError(f"{path}: shard listed in the manifest is missing (re-run the conversion)")
+    if info.size != sh["bytes"]:
+        raise ShardError(f"{path}: size {info.size} bytes, the manifest says {sh['bytes']}")
+    digest, _ = storage.sha256_file(fs, path)
+    if digest != sh["sha256"]:
+        raise ShardError(f"{path}: sha256 {digest} does not match the manifest ({sh['sha256']}); "
+                         "the file is corrupt or was replaced -- re-run the conversion")
+    with fs.open_input_file(path) as f:
+        try:
+            reader = pa.ipc.open_file(f)
+            if not reader.schema.equals(fmt.SCHEMA):
+                raise ShardError(f"{path}: schema {reader.schema} differs from the shard format")
+            batches = [reader.get_batch(i) for i in range(reader.num_record_batches)]
+        except pa.ArrowException as e:
+            raise ShardError(f"{path}: not a readable Arrow IPC file ({e})") from None
+    rows = sum(b.num_rows for b in batches)
+    if rows != sh["clips"]:
+        raise ShardError(f"{path}: holds {rows} clips, the manifest says {sh['clips']}")
+    return batches
+
+
+class _RowCheck:
+    """The per-row checks of :func:`verify`: unique keys per split, labels in range, frame counts, and every
+    frame by the one JPEG rule (and a full decode with ``decode``)."""
+
+    def __init__(self, n_classes: int, decode: bool):
+        self.n_classes = n_classes
+        self.check = JpegChecker()
+        self.keys: dict[str, set] = {}
+        self.decoder = None
+        if decode:
+            import simplejpeg
+
+            self.decoder = simplejpeg.decode_jpeg
+
+    def batch(self, path: str, split: str, b: pa.RecordBatch, keys_seen: set) -> int:
+        """Check every row of record batch ``b``; returns its frame count."""
+        keys = b.column("key").to_pylist()
+        labels = b.column("label").to_numpy()
+        counts = b.column("num_frames").to_numpy()
+        sizes = zip(b.column("height").to_numpy(), b.column("width").to_numpy())
+        lo, vo, arr = frame_views(b.column("frames"))
+        buf = memoryview(arr)
+        frames = 0
+        for r, (key, hw) in enumerate(zip(keys, sizes)):
+            where = f"{path}: clip {key!r}"
+            if key in keys_seen:
+                raise ShardError(f"{where} appears twice in split {split!r}")
+            keys_seen.add(key)
+            if not -1 <= labels[r] < self.n_classes:
+                raise ShardError(f"{where} has label {labels[r]} outside -1..{self.n_classes - 1}")
+            o = row_offsets(lo, vo, r)
+            if len(o) - 1 != counts[r] or counts[r] < 1:
+                raise ShardError(f"{where} has {len(o) - 1} frames but num_frames is {counts[r]}")
+            frames += int(counts[r])
+            for j in range(len(o) - 1):
+                self.frame(f"{where} frame {j}", buf[o[j]:o[j + 1]], hw)
+        return frames
+
+    def frame(self, where: str, fb, size) -> None:
+        try:
+            hw = self.check(fb)
+        except ValueError as e:
+            raise ShardError(f"{where}: {e}") from None
+        if hw != size:
+            raise ShardError(f"{where}: JPEG header says {hw[1]}x{hw[0]}, the row says {size[1]}x{size[0]}")
+        if self.decoder is not None:
+            try:
+                img = self.decoder(bytes(fb))
+            except (ValueError, RuntimeError) as e:
+                raise ShardError(f"{where}: does not decode ({e})") from None
+            if img.shape[:2] != hw:
+                raise ShardError(f"{where}: decodes to {img.shape}, header {hw}")
