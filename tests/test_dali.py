@@ -143,12 +143,13 @@ def _run_graph(plans, frames, *, size, two_step=False):
     def source(info):
         if info.iteration >= 1:
             raise StopIteration
-        return g.flatten_clips(plans, frames, two_step=two_step)
+        out = g.flatten_clips(plans, frames, two_step=two_step)
+        return (*out, [np.array(0, np.int64)] * len(out[0]))  # + each frame's row
 
     pipe = g.build_pipeline(source, max_frames=len(plans) * T, out_size=size, gpu=False, device_id=None,
                             prefetch=1, two_step=two_step)
     pipe.build()
-    out, pos = pipe.run()
+    out, pos, _ = pipe.run()
     arr = [np.array(out[i]) for i in range(len(out))]
     assert [int(np.array(pos[i])) for i in range(len(pos))] == [i for i in range(len(plans)) for _ in range(T)]
     res = []

@@ -92,6 +92,7 @@ def flatten_clips(
     positions: Sequence[int] | None = None,
     *,
     two_step: bool = False,
+    full_frame: bool = False,
 ) -> tuple[list[np.ndarray], ...]:
     """The per-frame arrays one ``external_source`` batch is made of (flat layout: clips × T frames).
 
@@ -104,6 +105,8 @@ def flatten_clips(
 
         two_step: for the graph's ``two_step`` mode. The decode window is widened by the pre-resize filter's
             reach (:func:`two_step_pad`) whenever the plan has a pre-resize or ``two_step`` is set.
+        full_frame: for ``decode="full"``: the whole frame is decoded, so ``roi_*`` are given in frame
+            coordinates (the window's origin added) and the resampling reads real pixels around the crop.
 
     Returns:
         ``(encoded, anchor, shape, roi_start, roi_end, mid, mirror, position)``: lists of length ``sum(T)``;
@@ -121,8 +124,9 @@ def flatten_clips(
         (x0, y0, w0, h0), roi = decode_window(plan, two_step_pad(plan) if (two_step or pre) else None)
         a = np.array((x0, y0), np.int32)
         s = np.array((w0, h0), np.int32)
-        r0 = np.array(roi[:2], np.float32)
-        r1 = np.array(roi[2:], np.float32)
+        off = (y0, x0) if full_frame else (0, 0)
+        r0 = np.array((roi[0] + off[0], roi[1] + off[1]), np.float32)
+        r1 = np.array((roi[2] + off[0], roi[3] + off[1]), np.float32)
         md = np.array((plan.crop[3], plan.crop[2]), np.float32)
         m = np.array(int(plan.flip), np.int32)
         q = np.array(int(p), np.int64)
@@ -139,18 +143,22 @@ def flatten_clips(
 
 
 # ------------------------------------------------------------------------------------------ processing part
-OUTPUT_NAMES = ("frames", "position")
+OUTPUT_NAMES = ("frames", "position", "row")
+#: What a source returns, in order: flatten_clips's arrays, then each frame's row (the clip actually read).
+SOURCE_FIELDS = ("encoded", "anchor", "shape", "roi_start", "roi_end", "mid", "mirror", "position", "row")
+FEEDS = ("callback", "parallel")
 
 
-class _WithoutMid:
-    """``source`` with the ``mid`` array (index 5) dropped, for the one-step graph."""
+class Select:
+    """``source`` with only the fields the graph consumes (DALI warns about unused outputs); picklable, so it
+    can be sent to the parallel external source's worker processes."""
 
-    def __init__(self, source):
-        self.source = source
+    def __init__(self, source, fields: Sequence[str]):
+        self.source, self.index = source, [SOURCE_FIELDS.index(f) for f in fields]
 
     def __call__(self, info):
         out = self.source(info)
-        return out[:5] + out[6:]
+        return tuple(out[i] for i in self.index)
 
 
 def build_pipeline(
@@ -165,17 +173,26 @@ def build_pipeline(
     antialias: bool = True,
     two_step: bool = False,
     seed: int = 0,
+    decode: str = "roi",
+    hw_decoder_load: float | None = None,
+    feed: str = "callback",
+    py_workers: int = 2,
 ):
     """Build (not yet run) the DALI pipeline executing flat frame batches.
 
-    ``source`` is a batch callback ``source(batch_info) -> flatten_clips(...)`` that raises ``StopIteration``
-    at the end of an epoch; it may return fewer than ``max_frames`` frames (last eval batch).
+    ``source`` is a batch callback ``source(batch_info) -> (*flatten_clips(...), rows)`` (fields:
+    :data:`SOURCE_FIELDS`); it may return fewer than ``max_frames`` frames (a short last eval batch).
+    ``decode="roi"`` decodes only the integer window (``decoders.image_slice``); ``"full"`` decodes the whole
+    frame (``decoders.image``: on a GPU the hardware JPEG engines take whole frames) and the resize crops it
+    (``roi_*`` then in frame coordinates: ``flatten_clips(full_frame=True)``).
     ``two_step=False`` resamples the decoded window once, straight to ``out``; ``two_step=True`` resamples it to
     the crop's size in the pre-resized frame first and then to ``out``, as the reference does (closer pixels,
-    one more resize). ``gpu=True`` decodes with nvJPEG (``device="mixed"``) and runs the rest on GPU ``device_id``;
-    otherwise everything runs on the CPU and ``device_id`` must be ``None``. Outputs (see :data:`OUTPUT_NAMES`):
-    ``frames`` (N, 3, H, W) uint8; and ``position``
-    (N,) int64 on the CPU (each frame's tag from the source, to check the batch order).
+    one more resize). ``gpu=True`` decodes with nvJPEG (``device="mixed"``, ``hw_decoder_load`` = the share of
+    frames for the hardware decoder, DALI's default when ``None``) and runs the rest on GPU ``device_id``;
+    otherwise everything runs on the CPU and ``device_id`` must be ``None``. ``feed="parallel"`` runs ``source``
+    in ``py_workers`` spawned processes (DALI's parallel external source: ``source`` must be picklable and a pure
+    function of ``batch_info.iteration``), ``"callback"`` in the thread that runs the pipeline.
+    Outputs (:data:`OUTPUT_NAMES`): ``frames`` (N, 3, H, W) uint8; ``position`` and ``row`` (N,) int64 on the CPU.
 
     On the CPU, DALI's resize rather than its decoder bounds this graph (``make profile`` measures it).
     """
@@ -185,42 +202,41 @@ def build_pipeline(
 
     if not gpu and device_id is not None:
         raise ValueError("a CPU DALI pipeline needs device_id=None")
+    if decode not in ("roi", "full"):
+        raise ValueError(f"decode must be 'roi' or 'full', got {decode!r}")
+    if feed not in FEEDS:
+        raise ValueError(f"dali backend: feed must be one of {', '.join(FEEDS)}, got {feed!r}")
     out_h, out_w = out_size
+    fields = (["encoded"] + (["anchor", "shape"] if decode == "roi" else []) + ["roi_start", "roi_end"]
+              + (["mid"] if two_step else []) + ["mirror", "position", "row"])
+    kinds = {"encoded": types.UINT8, "anchor": types.INT32, "shape": types.INT32, "roi_start": types.FLOAT,
+             "roi_end": types.FLOAT, "mid": types.FLOAT, "mirror": types.INT32, "position": types.INT64,
+             "row": types.INT64}
+    parallel = feed == "parallel"
+    extra = dict(py_num_workers=max(1, int(py_workers)), py_start_method="spawn") if parallel else {}
+    dec_kw = dict(device="mixed" if gpu else "cpu", output_type=types.RGB, jpeg_fancy_upsampling=True)
+    if gpu and hw_decoder_load is not None:
+        dec_kw["hw_decoder_load"] = float(hw_decoder_load)
 
-    @dali.pipeline_def(
-        batch_size=max_frames,
-        num_threads=num_threads,
-        device_id=device_id,
-        prefetch_queue_depth=prefetch,
-        seed=seed,
-    )
+    @dali.pipeline_def(batch_size=max_frames, num_threads=num_threads, device_id=device_id,
+                       prefetch_queue_depth=prefetch, seed=seed, **extra)
     def clip_pipeline():
-        dtypes = [types.UINT8, types.INT32, types.INT32, types.FLOAT, types.FLOAT, types.FLOAT, types.INT32,
-                  types.INT64]
-        if two_step:
-            enc, anchor, shape, roi_start, roi_end, mid, mirror, position = fn.external_source(
-                source=source, num_outputs=8, batch=True, batch_info=True, dtype=dtypes)
-        else:  # ``mid`` is not needed: leave it out (DALI warns about unused outputs)
-            enc, anchor, shape, roi_start, roi_end, mirror, position = fn.external_source(
-                source=_WithoutMid(source), num_outputs=7, batch=True, batch_info=True,
-                dtype=dtypes[:5] + dtypes[6:])
-        img = fn.decoders.image_slice(
-            enc,
-            anchor,
-            shape,
-            device="mixed" if gpu else "cpu",
-            output_type=types.RGB,
-            axis_names="WH",
-            jpeg_fancy_upsampling=True,
-        )
+        src_kw = dict(parallel=True, prefetch_queue_depth=max(1, prefetch)) if parallel else {}
+        got = dict(zip(fields, fn.external_source(
+            source=Select(source, fields), num_outputs=len(fields), batch=True, batch_info=True,
+            dtype=[kinds[f] for f in fields], **src_kw)))
+        if decode == "roi":
+            img = fn.decoders.image_slice(got["encoded"], got["anchor"], got["shape"], axis_names="WH", **dec_kw)
+        else:
+            img = fn.decoders.image(got["encoded"], **dec_kw)
+        roi = dict(roi_start=got["roi_start"], roi_end=got["roi_end"], interp_type=types.INTERP_LINEAR,
+                   antialias=antialias)
         if two_step:  # the reference's two resamplings: source window -> crop size -> out
-            img = fn.resize(img, size=mid, roi_start=roi_start, roi_end=roi_end, interp_type=types.INTERP_LINEAR,
-                            antialias=antialias)
+            img = fn.resize(img, size=got["mid"], **roi)
             img = fn.resize(img, size=(out_h, out_w), interp_type=types.INTERP_LINEAR, antialias=antialias)
         else:  # one resampling: source window -> out
-            img = fn.resize(img, size=(out_h, out_w), roi_start=roi_start, roi_end=roi_end,
-                            interp_type=types.INTERP_LINEAR, antialias=antialias)
-        img = fn.crop_mirror_normalize(img, mirror=mirror, dtype=types.UINT8, output_layout="CHW")
-        return img, position
+            img = fn.resize(img, size=(out_h, out_w), **roi)
+        img = fn.crop_mirror_normalize(img, mirror=got["mirror"], dtype=types.UINT8, output_layout="CHW")
+        return img, got["position"], got["row"]
 
     return clip_pipeline()

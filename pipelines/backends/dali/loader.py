@@ -7,13 +7,14 @@ What happens per batch of B clips (T frames each):
 2. the host reads only the T sampled JPEG byte strings of each clip from the memory-mapped shards and flattens
    the batch into B·T frames, each carrying its clip's decode window and mirror flag
    (:func:`pipelines.backends.dali.graph.flatten_clips`);
-3. the DALI graph (:func:`pipelines.backends.dali.graph.build_pipeline`) decodes only the crop window
-   (nvJPEG, ``device="mixed"``, on a GPU; libjpeg-turbo with ``device_id=None`` on a CPU-only machine), resizes
-   it to ``size``×``size`` and flips (uint8 out, like every backend);
+3. the DALI graph (:func:`pipelines.backends.dali.graph.build_pipeline`) decodes the crop window (``decode=
+   "roi"``) or the whole frame (``"full"``; the resize then crops) (nvJPEG, ``device="mixed"``, on a GPU;
+   libjpeg-turbo with ``device_id=None`` on a CPU-only machine), resizes it to ``size``×``size`` and flips
+   (uint8 out, like every backend); the source (:mod:`pipelines.backends.dali.feed`) runs in the pipeline's
+   thread or in worker processes (``feed="parallel"``) and streams epoch after epoch without a break;
 4. DALI's PyTorch iterator hands the frames over (zero copy); they are viewed as ``(B, T, 3, H, W)``
    (``(B, V, T, 3, H, W)`` in test mode). Labels (already swapped by the flip map in the plans) come from the
-   host's record of the batch, checked against the clip positions that travel through the graph with the
-   pixels.
+   plans of the rows that travel through the graph with the pixels (with their clip positions, checked).
 
 The last batch of an epoch may be short (external source batches are variable, ``≤ B·T``), so evaluation
 covers every clip exactly once; training drops it when ``drop_last``.
@@ -24,23 +25,25 @@ DALI is imported lazily; without it, :class:`~pipelines.backends.dali.graph.Back
 """
 from __future__ import annotations
 
-import collections
 import logging
+import os
 import time
 from typing import Callable, Iterator
 
-from pipelines.backends.base import Loader, replace_bad
+from pipelines.backends.base import Loader
+from pipelines.backends.dali import nvjpeg
+from pipelines.backends.dali.feed import TAG_BITS, Feed, check_jpeg, precheck_jpeg
 from pipelines.backends.dali.graph import (
+    FEEDS,
     INSTALL_HINT,
     OUTPUT_NAMES,
     BackendUnavailable,
     build_pipeline,
     dali_gpu_count,
-    flatten_clips,
     import_dali,
 )
 from pipelines.errors import FrameError, corrupt_frame
-from pipelines.plan.clip import ClipPlan, needed_frames
+from pipelines.plan.clip import needed_frames
 
 log = logging.getLogger(__name__)
 
@@ -72,106 +75,6 @@ def resolve_device(device=None) -> tuple[bool, int | None, "object"]:
     return True, int(index), torch.device("cuda", int(index))
 
 
-def check_jpeg(data, src_size=None) -> str | None:
-    """Why ``data`` is not a good frame (``None`` when it is): the torch backend's strict decode
-    (:func:`pipelines.decode.frames.decode_jpeg`) plus its size check against the shard's ``src_size``."""
-    from pipelines.decode.frames import decode_jpeg  # noqa: PLC0415
-
-    try:
-        img = decode_jpeg(data)
-    except ValueError as e:
-        return str(e)
-    if src_size is not None and tuple(img.shape[:2]) != tuple(src_size):
-        return f"decoded size {tuple(img.shape[:2])} differs from the shard's {tuple(src_size)}"
-    return None
-
-
-def precheck_jpeg(data, src_size) -> str | None:
-    """Cheap per-frame check before DALI sees the bytes: the one JPEG rule (:func:`pipelines.decode.jpeg.problem`)
-    with the shard's size. A frame that breaks it is confirmed with the full strict decode of :func:`check_jpeg`,
-    so the verdict is the torch backend's."""
-    from pipelines.decode.jpeg import problem  # noqa: PLC0415
-
-    return None if problem(data, src_size) is None else check_jpeg(data, src_size)
-
-
-class _Source:
-    """The external-source callback: ``source(batch_info)`` → flat arrays of one batch.
-
-    The loader loads an epoch (``load``) *before* DALI prefetches from it, so the right epoch is fed although
-    DALI's own epoch counter knows nothing about ``set_epoch``. Per clip it reads only the sampled frames, checks
-    them cheaply (:func:`precheck_jpeg`) and, with ``on_bad="replace"``, replaces a bad clip by the next good row
-    exactly as the torch backend does. Every served batch is remembered (in order) until its pixels are consumed:
-    labels and plans come from there, and so does the culprit when DALI fails on a batch.
-    """
-
-    def __init__(self, planner, fetch, *, on_bad: str, dataset: str, split: str, strict: bool = False,
-                 two_step: bool = False):
-        self.planner, self.fetch, self.two_step = planner, fetch, bool(two_step)
-        self.check = check_jpeg if strict else precheck_jpeg
-        self.on_bad, self.dataset, self.split = on_bad, dataset, split
-        self.epoch, self.batches, self.first = 0, [], 0
-        self.in_flight: collections.deque = collections.deque()
-        self.bad: set[int] = set()  # rows known bad (replace mode)
-        self.replaced = 0  # clips whose place another clip took (one per original clip)
-        self.read_s = 0.0
-
-    def load(self, epoch: int, batches, first: int = 0):
-        self.epoch, self.batches, self.first = int(epoch), batches, int(first)
-        self.in_flight.clear()
-
-    def error(self, plan: ClipPlan, frame: int, reason: str) -> FrameError:
-        return corrupt_frame(self.dataset, self.split, plan.key, plan.clip, frame, reason)
-
-    def read_clip(self, clip: int):
-        """``(plans, frames per plan)`` of row ``clip``: its views and their T encoded frames."""
-        plans = self.planner.plans(clip, self.epoch)
-        wanted = needed_frames(plans)
-        bufs = dict(zip(wanted, self.fetch(clip, wanted)))
-        return plans, [[bufs[j] for j in p.frames] for p in plans], bufs
-
-    def load_clip(self, clip: int):
-        def good(cand):
-            plans, frames, bufs = self.read_clip(cand)
-            for j, b in bufs.items():
-                if (reason := self.check(b, plans[0].src_size)) is not None:
-                    raise self.error(plans[0], j, reason)
-            return plans, frames
-
-        got, replaced = replace_bad(good, clip, n=self.planner.n, on_bad=self.on_bad,
-                                    where=f"{self.dataset} {self.split}", bad=self.bad)
-        self.replaced += replaced
-        return got
-
-    def __call__(self, info):
-        i = self.first + info.iteration
-        if i >= len(self.batches):
-            raise StopIteration
-        t0 = time.perf_counter()
-        videos = [self.load_clip(int(c)) for c in self.batches[i]]
-        plans = [p for ps, _ in videos for p in ps]
-        frames = [f for _, fs in videos for f in fs]
-        self.in_flight.append((i, [ps for ps, _ in videos], frames))
-        out = flatten_clips(plans, frames, [(i << 20) | j for j in range(len(plans))], two_step=self.two_step)
-        self.read_s += time.perf_counter() - t0
-        return out
-
-    def diagnose(self, err: Exception) -> tuple[Exception, int | None]:
-        """After DALI failed: the FrameError naming the first bad frame in flight (oldest batch first) and its
-        row; a RuntimeError carrying DALI's words (and ``None``) when every frame decodes on the host."""
-        for _, videos, _ in self.in_flight:
-            for plans in videos:
-                plan = plans[0]
-                wanted = needed_frames(plans)
-                for j, buf in zip(wanted, self.fetch(plan.clip, wanted)):
-                    reason = check_jpeg(buf, plan.src_size)
-                    if reason is not None:
-                        return self.error(plan, j, reason), plan.clip
-        lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
-        return RuntimeError(f"{self.dataset} {self.split}: DALI failed on a batch whose JPEGs all decode on the "
-                            f"host: {' | '.join(lines[-4:])}"), None
-
-
 # --------------------------------------------------------------------------------------------------- loader
 class DaliLoader(Loader):
     """The DALI backend's loader (contract: :mod:`pipelines.loader`): ``clips`` (B, T, 3, H, W) --
@@ -191,6 +94,16 @@ class DaliLoader(Loader):
             ``size``) like the reference, or once, straight to ``size``. ``None`` (default): twice only where
             the reference resamples twice (train with a pre-resize: Jester, EgoGesture), since that is where
             one resampling differs visibly; costs one more resize.
+        decode: ``"roi"`` (decode the crop window only), ``"full"`` (whole frame, crop in the resize) or
+            ``"auto"``: ROI except on a GPU whose nvJPEG decodes ROIs wrongly (:mod:`.nvjpeg`).
+        hw_decoder_load: share of frames for the GPU's hardware JPEG decoder (DALI's default when ``None``).
+        feed: ``"callback"`` (the source runs in the pipeline's thread) or ``"parallel"`` (``py_workers``
+            spawned processes read the memory-mapped shards: DALI's parallel external source).
+
+    Epochs: one pipeline serves the whole run. Its source (:class:`~pipelines.backends.dali.feed.Feed`) streams
+    the batches of ``epoch, epoch + 1, ...`` without a break, so DALI prefetches the next epoch's first batches
+    while the current one ends; a ``set_epoch`` the stream does not continue into (another epoch, a mid-epoch
+    ``start``, a pass abandoned half-way) rebuilds it there.
 
     Bad input: not-a-JPEG bytes, truncated streams and frames whose size differs from the shard's are caught
     by a cheap host check (header + markers) or by DALI itself, and reported exactly like the torch backend. A
@@ -200,10 +113,13 @@ class DaliLoader(Loader):
     """
 
     def __init__(self, spec, split, *, fetch: Callable | None = None, num_threads: int = 2, prefetch: int = 2,
-                 record: bool = False, strict: bool = False, two_step: bool | None = None):
+                 record: bool = False, strict: bool = False, two_step: bool | None = None, decode: str = "auto",
+                 hw_decoder_load: float | None = None, feed: str = "callback", py_workers: int = 2):
         import_dali()  # fail early, with the install hint
         super().__init__(spec, split)
         planner = self.planner
+        if feed not in FEEDS:
+            raise ValueError(f"dali backend: feed must be one of {', '.join(FEEDS)}, got {feed!r}")
         self.T = int(planner.num_segments)
         self.out_size = (int(planner.size), int(planner.size))
         self.views = planner.mode == "test"
@@ -213,49 +129,86 @@ class DaliLoader(Loader):
         self.record = bool(record)
         self.served: list = []
         self.gpu, self.device_id, self.device = resolve_device(spec.device)
+        self.nvjpeg = nvjpeg.prepare() if self.gpu else None
+        self.decode = nvjpeg.choose_decode(decode, self.gpu, self.nvjpeg)
         if two_step is None:  # two resamplings only where the reference has two (a pre-resize *and* a rescaled crop)
             preset = getattr(planner, "preset", None)
             two_step = planner.mode == "train" and preset is not None and preset.train_resize != "none"
         self.two_step = bool(two_step)
-        self._source = _Source(planner, fetch or self.shards.frames, on_bad=spec.on_bad, dataset=self.dataset,
-                               split=self.split, strict=strict, two_step=self.two_step)
-        self._iter = None  # DALIGenericIterator, built on first use
-        self._clean = False  # the DALI iterator finished its last epoch: reset() is allowed
+        self.hw_decoder_load, self.feed, self.py_workers = hw_decoder_load, feed, max(1, int(py_workers))
+        self.fetch = fetch or self.shards.frames
+        self.check = check_jpeg if strict else precheck_jpeg
+        self.bad: set[int] = set()  # rows known bad (replace mode); the next pipeline's feed skips them
+        self._replaced = 0
+        self._feed = None  # this process's Feed of the running pipeline (callback mode: the one DALI calls)
+        self._iter = None  # DALIGenericIterator over the running pipeline, built on first use
+        self._k = 0  # global iterations of the running pipeline consumed so far
+        self.built = 0  # pipelines built (tests: one per run when epochs follow each other)
+        self.described = ""
         # stages: read = host (plans, shard bytes, checks, flattening: the external source); decode = waiting
         # for DALI (decode + resize + flip); to_device = copies after DALI.
 
-    @property
-    def replaced(self) -> int:
-        return self._source.replaced
+    def describe(self) -> str:
+        """One line naming the decoder choices (logged once, when the first pipeline is built)."""
+        where = (f"GPU {self.device_id}: nvJPEG hardware+CUDA decoders"
+                 f"{'' if self.hw_decoder_load is None else f' (hw_decoder_load {self.hw_decoder_load:g})'}, "
+                 f"{self.nvjpeg.describe()}" if self.gpu else "CPU: libjpeg-turbo")
+        how = "ROI decode (crop window only)" if self.decode == "roi" else "full-frame decode + crop in the resize"
+        quiet = f"; nvImageCodec log level {os.environ.get(nvjpeg.LOG_ENV)}" if self.gpu else ""
+        return (f"dali {self.dataset} {self.split}: {where}; {how}, fancy upsampling; "
+                f"{'two resamplings' if self.two_step else 'one resampling'}; feed {self.feed}"
+                f"{f' ({self.py_workers} workers)' if self.feed == 'parallel' else ''}, {self.num_threads} threads, "
+                f"prefetch {self.prefetch}{quiet}")
 
     def close(self) -> None:
         """Release the DALI pipeline (the next ``iter()`` builds a new one)."""
         self._iter = None
-        self._clean = False
+        self._feed = None
 
-    def _build(self):
+    def _build(self, epoch: int, start: int):
+        """A pipeline whose stream starts at batch ``start`` of ``epoch``."""
         from nvidia.dali.plugin.pytorch import DALIGenericIterator  # noqa: PLC0415
 
+        self.close()
+        self._feed = Feed(self.planner, self.fetch, check=self.check, on_bad=self.spec.on_bad, dataset=self.dataset,
+                          split=self.split, epoch=epoch, start=start, two_step=self.two_step,
+                          full_frame=self.decode == "full", bad=self.bad)
         max_frames = self.planner.batch_size * self.planner.views * self.T
-        pipe = build_pipeline(self._source, max_frames=max_frames, out_size=self.out_size, gpu=self.gpu,
+        pipe = build_pipeline(self._feed, max_frames=max_frames, out_size=self.out_size, gpu=self.gpu,
                               device_id=self.device_id, num_threads=self.num_threads, prefetch=self.prefetch,
-                              seed=self.seed, two_step=self.two_step)
-        self._iter = DALIGenericIterator([pipe], list(OUTPUT_NAMES), auto_reset=False, prepare_first_batch=False)
-
-    def _start(self, batches, first: int):
-        """Point the source at ``batches[first:]`` and (re)start DALI on them."""
-        self._source.load(self.epoch, batches, first)
-        reuse = self._iter is not None and self._clean and first == 0
-        self._clean = False
+                              seed=self.seed, two_step=self.two_step, decode=self.decode,
+                              hw_decoder_load=self.hw_decoder_load, feed=self.feed, py_workers=self.py_workers)
+        if not self.described:
+            self.described = self.describe()
+            log.info("%s", self.described)
         try:
-            if reuse:
-                self._iter.reset()  # DALI prefetches from the batches just loaded (the source may raise here)
-            else:
-                self.close()
-                self._build()
+            self._iter = DALIGenericIterator([pipe], list(OUTPUT_NAMES), auto_reset=False, prepare_first_batch=False)
         except BaseException:
             self.close()
             raise
+        self._k = 0
+        self.built += 1
+
+    def _position(self) -> tuple[int, int] | None:
+        """``(epoch, batch)`` the running pipeline yields next (``None`` without one)."""
+        return None if self._iter is None else self._feed.at(self._k)
+
+    def diagnose(self, err: Exception) -> tuple[Exception, int | None]:
+        """After DALI failed: the FrameError naming the first bad frame of the batches in flight (oldest first) and
+        its row; a RuntimeError carrying DALI's words (and ``None``) when every frame decodes on the host."""
+        for k in range(self._k, self._k + self.prefetch + 1):
+            epoch, _ = self._feed.at(k)
+            for row in self._feed.rows(k):
+                if int(row) in self.bad:
+                    continue
+                plans = self.planner.plans(int(row), epoch)
+                wanted = needed_frames(plans)
+                for j, buf in zip(wanted, self.fetch(int(row), wanted)):
+                    if (reason := check_jpeg(buf, plans[0].src_size)) is not None:
+                        return corrupt_frame(self.dataset, self.split, plans[0].key, plans[0].clip, j, reason), int(row)
+        lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+        return RuntimeError(f"{self.dataset} {self.split}: DALI failed on a batch whose JPEGs all decode on the "
+                            f"host: {' | '.join(lines[-4:])}"), None
 
     def _next(self):
         """Next DALI output; a failure is turned into the FrameError naming the clip (or replaced)."""
@@ -266,65 +219,69 @@ class DaliLoader(Loader):
             raise
         except StopIteration:
             self.close()
-            raise RuntimeError("dali backend: the pipeline ended before the epoch did") from None
+            raise RuntimeError("dali backend: the pipeline ended, although its source never ends") from None
         except RuntimeError as e:  # DALI's "Critical error in pipeline": this pipeline is unusable now
+            err, row = self.diagnose(e)
             self.close()
-            err, row = self._source.diagnose(e)
-            if row is None or self._source.on_bad != "replace":
+            if row is None or self.spec.on_bad != "replace":
                 raise err from None
             log.warning("%s; replaced by the next clip (on_bad='replace')", err)
-            self._source.bad.add(row)  # load_clip skips it (and counts the replacement) from now on
+            self.bad.add(row)  # the rebuilt feed skips it (and counts the replacement) from now on
             return None
 
-    def __iter__(self) -> Iterator[tuple["object", "object"]]:
+    def _unpack(self, out, epoch: int, b: int):
+        """``(clips, labels, plans per clip)`` of one DALI output, checked against the schedule."""
         import torch  # noqa: PLC0415
 
-        batches = self.planner.batches(self.epoch)
+        T, k = self.T, self._k
+        frames = out[0]["frames"]
+        pos = out[0]["position"].reshape(-1)[::T].tolist()
+        rows = out[0]["row"].reshape(-1)[::T].tolist()
+        planned = [int(r) for r in self._feed.rows(k)]
+        v = self.planner.views
+        if pos != [(k << TAG_BITS) | j for j in range(len(planned)) for _ in range(v)]:
+            self.close()
+            raise RuntimeError(f"dali backend: batch order broken (epoch {epoch} batch {b}: positions {pos[:3]}...)")
+        got = rows[::v]
+        self._replaced += sum(g != p for g, p in zip(got, planned))
+        self.bad.update(p for g, p in zip(got, planned) if g != p)
+        videos = [self.planner.plans(int(r), epoch) for r in got]
+        n = len(videos)
+        clips = frames.view(n, v, T, *frames.shape[1:]) if self.views else frames.view(n, T, *frames.shape[1:])
+        labels = torch.tensor([ps[0].label for ps in videos], dtype=torch.int64)
+        return clips, labels, videos
+
+    def __iter__(self) -> Iterator[tuple["object", "object"]]:
+        n = len(self.planner.batches(self.epoch))
         self.served = []
-        if self.start >= len(batches):
-            return
-        T = self.T
-        i = self.start
-        self._start(batches, i)
-        while i < len(batches):
+        epoch, b = self.epoch, self.start
+        while b < n:
+            if self._position() != (epoch, b):  # not where the running stream is: start one here
+                self._build(epoch, b)
             t0 = time.perf_counter()
             out = self._next()
-            if out is None:  # a bad clip found by DALI was marked: restart from the batch in flight
-                self._start(batches, i)
+            if out is None:  # a bad clip found by DALI was marked: rebuild from the batch in flight
                 continue
             t1 = time.perf_counter()
             self.stage_s["decode"] += t1 - t0
-            bi, videos, _ = self._source.in_flight.popleft()
-            frames = out[0]["frames"]
-            pos = out[0]["position"].reshape(-1)[::T].tolist()
-            n_plans = sum(len(v) for v in videos)
-            if bi != i or pos != [(i << 20) | j for j in range(n_plans)]:
-                self.close()
-                raise RuntimeError(f"dali backend: batch order broken (batch {i}: got {bi}, positions {pos[:3]}...)")
-            b, v = len(videos), len(videos[0])
-            clips = frames.view(b, v, T, *frames.shape[1:]) if self.views else frames.view(b, T, *frames.shape[1:])
-            labels = torch.tensor([ps[0].label for ps in videos], dtype=torch.int64)
+            clips, labels, videos = self._unpack(out, epoch, b)
             if clips.device != self.device:
                 clips = clips.to(self.device)
             labels = labels.to(clips.device, non_blocking=True)
             self.stage_s["to_device"] += time.perf_counter() - t1
-            self.stage_s["read"] = self._source.read_s
+            self.stage_s["read"] = self._feed.read_s
             if self.record:
-                self.served.append((i, videos))
+                self.served.append((b, videos))
             self.batches_seen += 1
-            i += 1
+            self._k += 1
+            b += 1
             yield clips, labels
-        try:  # take DALI's end-of-epoch marker, so the next epoch can reset() instead of rebuilding
-            next(self._iter)
-        except StopIteration:
-            self._clean = True
-        else:
-            self.close()
-            raise RuntimeError("dali backend: the pipeline produced more batches than the epoch has")
 
 
 def build_dali_loader(spec, *, num_threads: int | None = None, prefetch: int = 2, record: bool = False,
-                      strict: bool = False, resample: str = "auto", verify: bool = False) -> DaliLoader:
+                      strict: bool = False, resample: str = "auto", verify: bool = False, decode: str = "auto",
+                      hw_decoder_load: float | None = None, feed: str = "callback",
+                      py_workers: int | None = None) -> DaliLoader:
     """The ``dali`` backend (contract: :mod:`pipelines.loader`).
 
     Sharding by global rank is the shared :class:`~pipelines.plan.planner.Planner`'s (rank ``r`` reads
@@ -332,8 +289,10 @@ def build_dali_loader(spec, *, num_threads: int | None = None, prefetch: int = 2
     val/test cover every clip once, the last batch short. Options: ``num_threads`` (DALI CPU threads; default
     ``max(workers, 1)`` -- DALI's threads take the place of DataLoader workers), ``prefetch`` (DALI queue depth,
     batches), ``resample`` (``"auto"``: resample twice only where the reference does, ``"twice"``, ``"once"``:
-    see ``two_step`` in :class:`DaliLoader`), ``record`` (keep the plans served, for tests), ``strict``
-    (host-decode every frame first, see :class:`DaliLoader`), ``verify`` (re-hash shards first).
+    see ``two_step`` in :class:`DaliLoader`), ``decode`` (``auto``/``roi``/``full``), ``hw_decoder_load``,
+    ``feed`` (``callback``/``parallel``) and ``py_workers`` (parallel feed processes; default ``max(workers,
+    1)``): see :class:`DaliLoader`; ``record`` (keep the plans served, for tests), ``strict`` (host-decode every
+    frame first), ``verify`` (re-hash shards first).
     """
     import_dali()  # the install hint, before any file is opened
     modes = {"auto": None, "twice": True, "once": False}
@@ -343,4 +302,6 @@ def build_dali_loader(spec, *, num_threads: int | None = None, prefetch: int = 2
 
     return DaliLoader(spec, open_split(spec, verify=verify),
                       num_threads=num_threads if num_threads is not None else max(1, spec.workers),
-                      prefetch=prefetch, record=record, strict=strict, two_step=modes[resample])
+                      prefetch=prefetch, record=record, strict=strict, two_step=modes[resample], decode=decode,
+                      hw_decoder_load=hw_decoder_load, feed=feed,
+                      py_workers=py_workers if py_workers is not None else max(1, spec.workers))
