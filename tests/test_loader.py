@@ -442,3 +442,32 @@ def test_loader_spec_is_frozen_and_validated(jester):
         LoaderSpec(jester["out"], "val", rank=2, world=2)
     with pytest.raises(ValueError, match="on_bad"):
         LoaderSpec(jester["out"], "val", on_bad="ignore")
+
+
+@pytest.mark.parametrize("executor", ["threads", "processes"])
+def test_next_epoch_is_prepared_before_this_one_ends(jester, executor):
+    """No epoch-boundary stall, timing-free: while epoch e's last batch is being consumed, batches of epoch e+1
+    have been handed to the workers already (counted), the next pass continues with them, and every epoch's
+    batches equal those of a loader made fresh for it. A pass the prediction missed starts afresh."""
+    kw = dict(mode="train", batch_size=2, num_segments=T, size=SIZE, seed=8)
+    loader = build_loader(jester["out"], "train", backend="torch", workers=2, prefetch_factor=2, executor=executor,
+                          **kw)
+    made = []
+    real = loader.make_source
+    loader.make_source = lambda batches, epoch: made.append(epoch) or real(batches, epoch)
+    n = len(loader)
+    for e in (0, 1, 2, 0):
+        loader.set_epoch(e)
+        got = []
+        for b, batch in enumerate(loader):
+            got.append(batch)
+            if b == n - 1 and e != 2:  # the epoch's last batch in hand: the next epoch's first ones are out
+                if executor == "threads":
+                    assert loader.ahead_submitted >= 1, e
+                else:
+                    assert sum(k[0] == e + 1 for k in loader._sampler.drawn) >= 1, loader._sampler.drawn
+        fresh = cat(list(build_loader(jester["out"], "train", backend="torch", workers=0, epoch=e, **kw)))
+        assert torch.equal(cat(got)[0], fresh[0]) and torch.equal(cat(got)[1], fresh[1]), e
+    if executor == "threads":  # epochs 1 and 2 came from the predicted passes; 0 again started afresh
+        assert made == [0, 1, 2, 3, 0, 1], made  # ... and after it, epoch 1 again is predicted
+    loader.close()

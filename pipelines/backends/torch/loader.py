@@ -50,13 +50,13 @@ from __future__ import annotations
 
 import logging
 import time
-import weakref
 
 import numpy as np
 
 from pipelines.decode import frames as decode
 from pipelines.backends.base import Loader, replace_bad
-from pipelines.decode.executors import BufferPool, EpochKeys, Job, thread_pool
+from pipelines.backends.torch import stream
+from pipelines.decode.executors import BufferPool  # noqa: F401  (the alloc annotation)
 from pipelines.errors import DataError, FrameError
 from pipelines.plan.planner import Planner
 from pipelines.plan.clip import needed_frames
@@ -279,71 +279,35 @@ class TorchLoader(Loader):
         self._sampler = None
         self._pool = None
         self._buffers = None
-
-    def _keys(self):
-        return [(self.epoch, b) for b, _ in self.pending()]
+        # the next epoch's first batches are prepared while this one ends (stream.py); off: per-pass executors
+        self.epoch_prefetch = True
+        self._carry = None  # threads: the predicted next pass's submitted batches
+        self._dl_it = self._dl_at = None  # processes: the running DataLoader iterator and the key it yields next
+        self.ahead_submitted = 0  # threads: batches of the next pass submitted during the last one
 
     def _items(self, source):
         if self.workers == 0:
             for key in self._keys():
                 yield source[key]
             return
-        import torch
+        yield from stream.process_items(self, source)
 
-        if self._dl is None:  # one DataLoader, persistent workers: no re-fork per epoch
-            self._sampler = EpochKeys()
-            # its own generator for the workers' base seed, so building it leaves torch's global RNG (dropout) alone
-            self._dl = torch.utils.data.DataLoader(
-                source, batch_size=None, shuffle=False, sampler=self._sampler, num_workers=self.workers,
-                pin_memory=self.device.type == "cuda", prefetch_factor=self.prefetch_factor, persistent_workers=True,
-                generator=torch.Generator().manual_seed(0))
-        self._sampler.keys = self._keys()
-        yield from self._dl
-
-    def _thread_items(self):
-        """``executor="threads"``: ``workers`` threads of this process fill each batch clip by clip, straight
-        into a preallocated (pinned, for CUDA) batch tensor -- no pickling, no shared-memory hand-over, no
-        collation. Up to ``prefetch_factor * workers`` batches are in flight; they are yielded in order."""
-        import collections
-
-        if self._pool is None:
-            self._pool = thread_pool(self.workers)
-            weakref.finalize(self, self._pool.shutdown, wait=True, cancel_futures=True)
-        epoch = self.epoch
-        pending = [ids for _, ids in self.pending()]
-        source = self.make_source(pending, epoch)  # one per pass: its epoch is fixed
-        pin = self.device.type == "cuda"
-        depth = max(1, self.prefetch_factor * self.workers)
-        if self._buffers is None:
-            self._buffers = BufferPool(keep=depth + 2)
-        pool = None if pin else self._buffers  # pinned memory has its own caching allocator
-        jobs: collections.deque = collections.deque()
-        nxt, total = 0, len(pending)
-        try:
-            while nxt < total or jobs:
-                while nxt < total and len(jobs) < depth:
-                    ids = pending[nxt]
-                    job = Job(source, ids, source.alloc(len(ids), pin=pin, pool=pool))
-                    for k in range(len(ids)):
-                        self._pool.submit(job.run, k)
-                    jobs.append(job)
-                    nxt += 1
-                job = jobs.popleft()
-                yield job.result()
-        finally:
-            for job in jobs:  # an abandoned pass: drop the batches not started yet
-                job.cancelled = True
+    def _keys(self):
+        return [(self.epoch, b) for b, _ in self.pending()]
 
     def close(self) -> None:
         """Stop the worker processes / threads now (they also stop when the loader is dropped)."""
-        self._dl = None
+        self._dl = self._dl_it = self._dl_at = None
+        if self._carry is not None:
+            self._carry.cancel()
+            self._carry = None
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
 
     def __iter__(self):
         if self.executor == "threads" and self.workers > 0:
-            return self._iterate(self._thread_items())
+            return self._iterate(stream.thread_items(self))
         if self._source is None:  # one source for every epoch: its items are keyed (epoch, batch)
             self._source = self.make_source(self.planner.batches(self.epoch), self.epoch)
         return self._iterate(self._items(self._source))
