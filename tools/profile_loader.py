@@ -8,13 +8,16 @@
 320x240 JPEGs) and converts it, then profiles it (``make profile``). Prints a table and writes JSON::
 
     {"results": [{"backend", "clips_per_s", "frames_per_s", "batches", "seconds",
-                  "stage_ms": {"read", "decode", "augment", "to_device"}}],
+                  "stage_ms": {"read", "decode", "augment", "to_device"},
+                  "cpu": {"cpu_s_per_clip", "cores_busy", "cores_per_1k_clips_s", "workers_cpu_share"}}],
      "ceiling": {"decode_only_frames_per_s", "decode_only_clips_per_s", "frames"},
      "ratios": {"torch_over_folder", "torch_over_ceiling", ...},   # medians of same-round ratios
      "machine": {...}, "config": {...}}
 
 ``stage_ms`` is per batch: read/decode/augment are summed worker CPU time (so with 2 workers they may add up to
-twice the wall time), to_device is the main process (copy + normalisation). The ceiling decodes the same
+twice the wall time), to_device is the main process (copy + normalisation). ``cpu`` is the CPU cost of the
+timed batches (:mod:`common.cpu`): CPU-seconds of every thread of this process and of every worker process per
+clip, the cores that kept busy (= CPU-seconds per clip x clips/s) and the cores needed per 1,000 clips/s. The ceiling decodes the same
 sampled JPEG bytes (the train plans of the same batches), held in memory, with libjpeg-turbo (simplejpeg) in
 ``--workers`` processes -- nothing else. This is a measurement tool, not a test.
 """
@@ -196,6 +199,7 @@ def profile_backend(backend: str, *, data, raw, split, mode, batch_size, batches
                     size, seed, device, normalize) -> dict:
     import torch
 
+    from common.cpu import CpuMeter, cost
     from pipelines import build_loader
     from pipelines.plan.presets import normalize as normalise
 
@@ -217,7 +221,8 @@ def profile_backend(backend: str, *, data, raw, split, mode, batch_size, batches
     if hasattr(loader, "sync_timing"):
         loader.sync_timing = True  # per-stage times include the device work (a training run leaves this off)
     cuda = str(device).startswith("cuda")
-    epoch, done, t0 = 0, 0, None
+    epoch, done = 0, 0
+    meter = CpuMeter() if warmup == 0 else None  # else from the end of the warm-up
     stage0 = None
     while done < warmup + batches:
         loader.set_epoch(epoch)
@@ -228,22 +233,25 @@ def profile_backend(backend: str, *, data, raw, split, mode, batch_size, batches
             if done == warmup:
                 if cuda:
                     torch.cuda.synchronize()
-                t0 = time.perf_counter()
+                meter = CpuMeter()  # wall time and the CPU of this process's threads + every worker process
                 stage0 = dict(getattr(loader, "stage_s", {}))
             if done >= warmup + batches:
                 break
         epoch += 1
-    if t0 is None:
-        t0 = time.perf_counter()
+    if meter is None:
+        meter = CpuMeter()
     if cuda:
         torch.cuda.synchronize()
-    seconds = time.perf_counter() - t0
+    lap = meter.lap()
+    seconds = lap["wall_s"]
+    loader.close()  # its threads / workers stop before the next backend is measured
+    cpu = cost(lap, batches * batch_size)  # same window as seconds: cores_busy = cpu_s_per_clip x clips/s
     stage1 = getattr(loader, "stage_s", {})
     stage_ms = {k: (1000.0 * (stage1.get(k, 0.0) - (stage0 or {}).get(k, 0.0)) / batches)
                 for k in ("read", "decode", "augment", "to_device")}
     clips_s = batches * batch_size / seconds
     return {"backend": backend, "clips_per_s": clips_s, "frames_per_s": clips_s * num_segments, "batches": batches,
-            "seconds": seconds, "stage_ms": stage_ms,
+            "seconds": seconds, "stage_ms": stage_ms, "cpu": cpu,
             "output": {"shape": list(clips.shape), "dtype": str(clips.dtype)}}
 
 
@@ -274,12 +282,21 @@ def plot(results: list, ceiling: dict, num_segments: int, path: str, title: str)
 
     names = [r["backend"] for r in results] + ["decode ceiling"]
     vals = [r["clips_per_s"] for r in results] + [ceiling["decode_only_frames_per_s"] / num_segments]
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(names)), 3.5))
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(max(9.0, 2.0 * len(names)), 3.8),
+                                  gridspec_kw={"width_ratios": [len(names), max(len(results), 1)]})
     bars = ax.bar(names, vals, color=["#888"] + ["#2a7"] * (len(results) - 1) + ["#cc4"])
     for b, v in zip(bars, vals):
         ax.text(b.get_x() + b.get_width() / 2, v, f"{v:.0f}", ha="center", va="bottom")
     ax.set_ylabel("clips / s")
     ax.set_title(title, fontsize=9)
+    ax.tick_params(axis="x", labelrotation=30, labelsize=8)
+    cores = [r["cpu"]["cores_per_1k_clips_s"] for r in results]  # CPU cost: process threads + workers
+    bars = ax2.bar([r["backend"] for r in results], cores, color="#c63")
+    for b, v in zip(bars, cores):
+        ax2.text(b.get_x() + b.get_width() / 2, v, f"{v:.1f}", ha="center", va="bottom")
+    ax2.set_ylabel("CPU cores per 1,000 clips/s")
+    ax2.set_title("CPU cost (threads + worker processes)", fontsize=9)
+    ax2.tick_params(axis="x", labelrotation=30, labelsize=8)
     from common.files import save_figure
 
     save_figure(fig, path, dpi=120)
@@ -402,11 +419,13 @@ def main(data, raw, generate, dataset, clips, frames, split, mode, backends, bat
             f"{k} {v:.2f}" for k, v in out["roi_sweep"].get("cost_vs_full", {}).items()))
 
     click.echo(f"{'backend':<16}{'clips/s':>10}{'frames/s':>11}{'read':>8}{'decode':>8}{'augment':>9}{'to_dev':>8}"
-               "   (stage ms per batch)")
+               f"{'cpu ms/clip':>12}{'cores':>7}{'cores/1k clips/s':>18}   (stage ms per batch; cpu: process"
+               " threads + workers)")
     for r in results:
-        s = r["stage_ms"]
+        s, c = r["stage_ms"], r["cpu"]
         click.echo(f"{r['backend']:<16}{r['clips_per_s']:>10.1f}{r['frames_per_s']:>11.0f}{s['read']:>8.1f}"
-                   f"{s['decode']:>8.1f}{s['augment']:>9.1f}{s['to_device']:>8.1f}")
+                   f"{s['decode']:>8.1f}{s['augment']:>9.1f}{s['to_device']:>8.1f}{1000 * c['cpu_s_per_clip']:>12.2f}"
+                   f"{c['cores_busy']:>7.2f}{c['cores_per_1k_clips_s']:>18.2f}")
     click.echo(f"{'decode ceiling':<16}{ceiling['decode_only_clips_per_s']:>10.1f}"
                f"{ceiling['decode_only_frames_per_s']:>11.0f}")
     click.echo("rates: best of the rounds; ratios: median over rounds of same-round ratios")
