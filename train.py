@@ -132,8 +132,9 @@ def _train(cfg: Config, resume: bool, info) -> dict:
         prog.epoch, prog.step_in_epoch = epoch + 1, 0
         save(best=improved)
         val = f"{rec['val_top1']:.2f}" if "val_top1" in rec else "not evaluated"
-        log.info("epoch %d/%d: loss %.4f, val top-1 %s, %.1f clips/s, data-wait %.1f%%", epoch + 1, cfg.epochs,
-                 rec["train_loss"], val, rec["clips_per_s"], 100 * rec["data_wait"])
+        log.info("epoch %d/%d: loss %.4f, val top-1 %s, %.1f clips/s, data-wait %.1f%%, loader CPU %.2f cores "
+                 "(%.2f per 1,000 clips/s)", epoch + 1, cfg.epochs, rec["train_loss"], val, rec["clips_per_s"],
+                 100 * rec["data_wait"], rec["loader_cores"], rec["loader_cores_per_1k_clips_s"])
     if recorder is not None:
         recorder.close()
     real = (sum(prog.rates) / len(prog.rates)) / cfg.batch_size if prog.rates else float("nan")

@@ -287,3 +287,21 @@ def test_make_train_without_shards_is_one_line_before_torchrun(tmp_path):
     errors = [x for x in r.stderr.splitlines() if x.startswith("error:")]
     assert len(errors) == 1 and "manifest not found" in errors[0], r.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_training_logs_the_loaders_cpu_cost(shards, tmp_path):
+    """Each log interval and each epoch record the loader's CPU cost (issue 21): cores busy for the process with
+    its workers, the part outside the training thread, and cores per 1,000 clips/s -- consistent with clips/s."""
+    run = tmp_path / "cpu"
+    r = subprocess.run(_train_cmd(shards, run, "--batch-size", "4", "--epochs", "1", "--eval-every", "0",
+                                  "--workers", "2"), capture_output=True, text=True, env=_env(), timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    train = [x for x in recs if x["kind"] == "train"]
+    epoch = [x for x in recs if x["kind"] == "epoch"]
+    assert train and len(epoch) == 1
+    for x in train + epoch:
+        assert x["cpu_cores"] >= x["loader_cores"] > 0, x  # 2 decode threads worked outside the training thread
+        # cores busy = CPU-seconds per clip x clips/s (the same window)
+        assert x["loader_cores_per_1k_clips_s"] * x["clips_per_s"] / 1000 == pytest.approx(x["loader_cores"])
+    assert "loader CPU" in r.stderr and "per 1,000 clips/s" in r.stderr

@@ -39,6 +39,28 @@ class Progress:
     rates: list = field(default_factory=list)
 
 
+class LoaderCpu:
+    """The loader's CPU cost over a stretch of training (issue 21), read once per log interval (no host sync):
+    ``cpu_cores`` = cores kept busy by the whole process and its worker processes (:mod:`common.cpu`);
+    ``loader_cores`` = the same minus the training thread's own CPU (what the loader's threads and worker
+    processes used: on a GPU host the loader; on a CPU-only run torch's intra-op threads are in it too);
+    ``loader_cores_per_1k_clips_s`` = loader CPU-seconds per clip x 1000 (cores needed to feed 1,000 clips/s)."""
+
+    def __init__(self):
+        from common.cpu import CpuMeter
+
+        self.meter, self.main = CpuMeter(), time.thread_time()
+
+    def lap(self, clips: int, wall: float) -> dict:
+        d = self.meter.lap()
+        main = time.thread_time()
+        off = max(0.0, d["cpu_s"] - (main - self.main))
+        self.main = main
+        wall = max(wall, 1e-9)
+        return {"cpu_cores": d["cpu_s"] / wall, "loader_cores": off / wall,
+                "loader_cores_per_1k_clips_s": 1000.0 * off / max(clips, 1)}
+
+
 def _gpu_mem_gb(info: DistInfo) -> float:
     if info.device.type != "cuda":
         return 0.0
@@ -60,6 +82,7 @@ def train_one_epoch(p: Parts, loader, cfg: Config, info: DistInfo, prog: Progres
         bar = tqdm(total=steps, initial=first, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step",
                    dynamic_ncols=True, leave=False, disable=None)
     rng = torch.get_rng_state()
+    cpu_int, cpu_epoch = LoaderCpu(), LoaderCpu()
     it = iter(loader)
     torch.set_rng_state(rng)  # dropout's stream must not depend on whatever a backend's iterator draws from it
     loss_acc = torch.zeros((), device=info.device)
@@ -107,7 +130,8 @@ def train_one_epoch(p: Parts, loader, cfg: Config, info: DistInfo, prog: Progres
             clips_epoch += n_acc * cfg.batch_size
             metrics.write({"kind": "train", "epoch": epoch, "step": prog.global_step, "loss": mean_loss,
                            "lr": base_lr(p.optimizer), "clips_per_s": rate, "data_wait": wait / dt,
-                           "gpu_mem_gb": _gpu_mem_gb(info)}, prog.global_step)
+                           "gpu_mem_gb": _gpu_mem_gb(info), **cpu_int.lap(n_acc * cfg.batch_size, dt)},
+                          prog.global_step)
             if bar is not None:
                 bar.set_postfix(loss=f"{mean_loss:.3f}", clips_s=f"{rate:.1f}", wait=f"{wait / dt:.0%}")
             if recorder is not None:
@@ -121,7 +145,7 @@ def train_one_epoch(p: Parts, loader, cfg: Config, info: DistInfo, prog: Progres
     epoch_time = time.perf_counter() - t_epoch
     return {"kind": "epoch", "epoch": epoch, "step": prog.global_step, "train_loss": epoch_loss / max(epoch_n, 1),
             "clips_per_s": clips_epoch / epoch_time, "data_wait": epoch_wait / max(epoch_busy, 1e-9),
-            "lr": base_lr(p.optimizer)}
+            "lr": base_lr(p.optimizer), **cpu_epoch.lap(clips_epoch, epoch_time)}
 
 
 def evaluate(model, loader, cfg: Config, info: DistInfo, to_input: Callable) -> dict:
