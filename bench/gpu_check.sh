@@ -15,13 +15,18 @@
 # model    bench/gpu_model.py: TSN / TSM / ACTION's torch path and its fused kernels (action@FUSED, when
 #          gpu_model.py offers it), interleaved in one process (MODEL_VARIANTS=... to choose, e.g. +compile)
 # ddp      train.py under torchrun with 2 processes, when the host has 2 GPUs (NCCL wants one GPU per rank)
+# loaders  issue 21: tools/profile_loader.py sweep of the DALI variants (ROI / full-frame decode, parallel feed,
+#          hw_decoder_load, prefetch) beside torch and torch:nvjpeg, at 2, 4 and 12 workers, with the CPU cost
+# feed     issue 21: ACTION-MobileNetV2 / R50 / R18 8x224^2 training, real data (dali, torch:nvjpeg; 4 workers,
+#          64 steps per epoch, 2 epochs) vs synthetic batches; then bench/gpu_data_path.py -> data_path.json/.png
+#          `STEPS=stage,loaders,feed bash bench/gpu_check.sh` is the issue-21 run (about 8 minutes with staging)
 # Each step runs under `timeout`, inside BUDGET_S seconds for the whole script. Results go to RESULTS
 # (bench/results/gpu); under the device tool (OUT set) to a fresh folder, packed into $OUT/gpu_check.tgz after
 # every step, so a run cut short still brings back what it measured. Exit status 1 if a step failed.
 set -u
 PY=${PY:-python3}
 STAGE=${STAGE:-.gpu-stage}
-STEPS=${STEPS:-stage,tests,profile,train,model,ddp}
+STEPS=${STEPS:-stage,loaders,feed,tests,model,ddp}  # profile, train: the older single-config rows
 BUDGET_S=${BUDGET_S:-480}
 WORKERS=${WORKERS:-12}
 CLIPS=${CLIPS:-480}
@@ -164,6 +169,68 @@ if want train; then
   if [ "$HAVE_DALI" = 1 ]; then train_rate dali 100 --backend dali
   else echo "train: dali skipped: nvidia.dali does not import (see gpu_env.txt / stage.log)"; step train:dali 1 0; fi
 fi
+
+# ================================================================================ issue 21: the GPU data path
+# Own section (functions data_*): the loader sweep and real-vs-synthetic training. DEVICE / FEED_* shrink it for a
+# dry run on a CPU host (e.g. DEVICE=cpu FEED_CLIPS=16 FEED_SIZE=64 FEED_BATCH=4 FEED_T=4 FEED_FRAMES=8).
+DEVICE=${DEVICE:-cuda}
+FEED_GEN=${FEED_GEN:-/tmp/gpu-gen-feed}
+FEED_CLIPS=${FEED_CLIPS:-2048}   # 64 steps per epoch at batch 32 (the issue asks for >= 60)
+FEED_FRAMES=${FEED_FRAMES:-16}
+FEED_BATCH=${FEED_BATCH:-32}
+FEED_SIZE=${FEED_SIZE:-224}
+FEED_T=${FEED_T:-8}
+FEED_WORKERS=${FEED_WORKERS:-4}
+# from scratch without diverging (see the ACTION speed issue): a small lr; --warmup-epochs where train.py has it
+FEED_LR=${FEED_LR:-0.001}
+FEED_RUNS=${FEED_RUNS:-mobilenetv2:dali mobilenetv2:nvjpeg resnet50:dali resnet50:nvjpeg resnet18:dali}
+DALI_SWEEP=${DALI_SWEEP:-dali,dali:full,dali:roi,dali:full+parallel,dali:full+hw0.5,dali:full+pf4,dali:roi+parallel}
+data_profile() {  # data_profile WORKERS BACKENDS CAP ROUNDS BATCHES
+  box "$3" $PY tools/profile_loader.py --generate "$FEED_GEN" --clips "$FEED_CLIPS" --frames "$FEED_FRAMES" \
+    --backends "$2" --device "$DEVICE" --workers "$1" --batch-size "$FEED_BATCH" --num-segments "$FEED_T" \
+    --size "$FEED_SIZE" --batches "$5" --warmup 3 --rounds "$4" --json "$RESULTS/loaders_w$1.json" \
+    --plot "$RESULTS/loaders_w$1.png" 2>&1 | tee "$RESULTS/loaders_w$1.log"
+  return "${PIPESTATUS[0]}"
+}
+SWEEP_WORKERS=${SWEEP_WORKERS:-12 4 2}
+data_loaders() {
+  local rc=0 w first=1
+  # the first worker count (12): every variant, 2 interleaved rounds; then 4 and 2: the DALI candidates
+  for w in $SWEEP_WORKERS; do
+    if [ "$first" = 1 ]; then data_profile "$w" "torch,torch:nvjpeg,$DALI_SWEEP" 150 2 20 || rc=1
+    else data_profile "$w" "torch:nvjpeg,dali,dali:full+parallel,dali:full+pf4,dali:roi+parallel" 50 1 15 || rc=1; fi
+    first=0
+  done
+  return $rc
+}
+data_train() {  # data_train ARCH BACKEND: one real-vs-synthetic run; metrics -> RESULTS/feed_ARCH_BACKEND_metrics.jsonl
+  local arch=$1 be=$2 run=/tmp/gpu-feed-$1-$2 warm="" opt
+  if [ "$be" = dali ]; then opt="--backend dali"; else opt="--decode-on device"; fi
+  $PY train.py train --help 2>/dev/null | grep -q -- "--warmup-epochs" && warm="--warmup-epochs 1"
+  rm -rf "$run"
+  box 80 $PY train.py train --dataset jester --data "$FEED_GEN/out" --run-dir "$run" --device "$DEVICE" \
+    --arch "$arch" --num-segments "$FEED_T" --size "$FEED_SIZE" --batch-size "$FEED_BATCH" --epochs 2 \
+    --lr "$FEED_LR" --lr-steps 1 $warm --eval-every 0 --workers "$FEED_WORKERS" --ceiling-steps 12 \
+    --log-interval 5 $opt 2>&1 | tee "$RESULTS/feed_${arch}_$be.log"
+  local rc=${PIPESTATUS[0]}
+  cp "$run/metrics.jsonl" "$RESULTS/feed_${arch}_${be}_metrics.jsonl" 2>/dev/null
+  return "$rc"
+}
+if want loaders; then
+  echo "== loaders: DALI variants vs torch / torch:nvjpeg at 12, 4, 2 workers (clips/s and CPU cost)"
+  t0=$SECONDS; data_loaders; step loaders $? $((SECONDS - t0))
+fi
+if want feed; then
+  echo "== feed: real data vs synthetic, $FEED_RUNS"
+  [ -f "$FEED_GEN/out/manifest.json" ] || box 120 $PY tools/profile_loader.py --generate "$FEED_GEN" \
+    --clips "$FEED_CLIPS" --frames "$FEED_FRAMES" --backends torch --workers 8 --batch-size 2 --batches 1 \
+    --warmup 0 --rounds 1 >/dev/null  # the data only
+  for r in $FEED_RUNS; do
+    t0=$SECONDS; data_train "${r%%:*}" "${r#*:}"; step "feed:$r" $? $((SECONDS - t0))
+  done
+  $PY bench/gpu_data_path.py --results "$RESULTS" 2>&1 | tee "$RESULTS/data_path.txt"; pack
+fi
+# ============================================================================ end of issue 21's section
 
 if want model; then
   echo "== model: step time of TSN / TSM / ACTION (torch path, fused kernels), R50 batch 32x8x224^2 bf16"

@@ -195,6 +195,25 @@ def roi_sweep(blobs: list[bytes], rounds: int = 12) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------- loaders
+def dali_option(part: str, kw: dict) -> bool:
+    """Put the dali variant ``part`` into ``kw`` (False if it is none of these): ``roi`` / ``full`` / ``auto``
+    (decode), ``parallel`` / ``callback`` (feed), ``hwF`` (hw_decoder_load F), ``pfN`` (prefetch N), ``tN``
+    (num_threads N), ``pwN`` (py_workers N)."""
+    if part in ("roi", "full", "auto"):
+        kw["decode"] = part
+    elif part in ("parallel", "callback"):
+        kw["feed"] = part
+    elif part.startswith("hw"):
+        kw["hw_decoder_load"] = float(part[2:])
+    elif part.startswith(("pf", "pw")) and part[2:].isdigit():
+        kw["prefetch" if part.startswith("pf") else "py_workers"] = int(part[2:])
+    elif part.startswith("t") and part[1:].isdigit():
+        kw["num_threads"] = int(part[1:])
+    else:
+        return False
+    return True
+
+
 def profile_backend(backend: str, *, data, raw, split, mode, batch_size, batches, warmup, workers, num_segments,
                     size, seed, device, normalize) -> dict:
     import torch
@@ -208,7 +227,9 @@ def profile_backend(backend: str, *, data, raw, split, mode, batch_size, batches
               workers=workers, seed=seed, device=device)
     if name == "folder":
         kw["raw"] = raw
-    for part in filter(None, variant.split("+")):  # e.g. torch:torch+roi
+    for part in filter(None, variant.split("+")):  # e.g. torch:torch+roi, dali:full+parallel+hw0.75+pf4+t2
+        if name == "dali" and dali_option(part, kw):
+            continue
         if part in ("threads", "processes"):  # torch:processes -> the DataLoader-process executor
             kw["executor"] = part
         elif part == "nvjpeg":  # torch:nvjpeg -> workers send bytes, torchvision decodes on the delivery device
@@ -316,7 +337,9 @@ def plot(results: list, ceiling: dict, num_segments: int, path: str, title: str)
               help="comma-separated (folder, torch, dali, ffcv); torch:exact / torch:torch / torch:fused select the "
                    "torch backend's resample option, torch:processes its DataLoader-process executor, torch:nvjpeg "
                    "its GPU decode (decode_device = --device), torch:roi / torch:full its ROI decode on / off "
-                   "(joined with +, e.g. torch:torch+roi); ffcv converts "
+                   "(joined with +, e.g. torch:torch+roi); dali:roi / dali:full its decode, dali:parallel its "
+                   "parallel feed, dali:hw0.75 / :pf4 / :t2 / :pw4 its hw_decoder_load / prefetch / num_threads / "
+                   "py_workers (e.g. dali:full+parallel+pf4); ffcv converts "
                    "<data>/ffcv/<split>.beton first when missing")
 @click.option("--batch-size", default=8, show_default=True)
 @click.option("--batches", default=30, show_default=True, help="timed batches per backend")
