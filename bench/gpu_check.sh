@@ -128,7 +128,7 @@ if want tests; then
   t0=$SECONDS
   box 150 $PY -m pytest -q -s -p no:cacheprovider -rs tests/test_cuda.py tests/test_action_fused.py \
     tests/test_dali.py::test_dali_gpu_matches_the_torch_backend \
-    tests/test_dali.py::test_device_is_decided_before_building 2>&1 | tee "$RESULTS/pytest_gpu.log"
+    tests/test_dali.py::test_device_is_decided_before_building tests/test_dali_variants.py 2>&1 | tee "$RESULTS/pytest_gpu.log"
   step tests "${PIPESTATUS[0]}" $((SECONDS - t0))
 fi
 

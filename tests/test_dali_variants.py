@@ -151,3 +151,49 @@ def test_nvjpeg_version_is_read_without_a_gpu():
     v = nvjpeg_version(str(libs[0]))
     assert v is not None and str(v[0]) == libs[0].name.rsplit(".", 1)[1] and v[1] >= 0  # major = SONAME's
     assert nvjpeg_version("/nonexistent/libnvjpeg.so.13") is None
+
+
+def test_profile_loader_names_the_dali_variants():
+    from tools.profile_loader import dali_option
+
+    kw: dict = {}
+    for part in "full+parallel+hw0.75+pf4+t3+pw6".split("+"):
+        assert dali_option(part, kw)
+    assert kw == {"decode": "full", "feed": "parallel", "hw_decoder_load": 0.75, "prefetch": 4, "num_threads": 3,
+                  "py_workers": 6}
+    assert not dali_option("once", kw) and not dali_option("pfx", kw)  # resample / unknown: not a DALI knob
+
+
+def _gpu() -> bool:
+    from test_dali import _gpu_available
+
+    return _gpu_available()
+
+
+@dali_test
+@pytest.mark.skipif(not _gpu(), reason="no CUDA device: the mixed (nvJPEG) variants run on GPU hosts only")
+@pytest.mark.parametrize("variant", [{"decode": "auto"}, {"decode": "full", "hw_decoder_load": 0.5},
+                                     {"decode": "roi"}, {"decode": "full", "feed": "parallel", "py_workers": 2}])
+def test_gpu_variants_give_the_torch_backends_clips_and_print_nothing(shards, variant, capfd):
+    """GPU hosts: every variant within test_dali's GPU tolerance of the torch backend; ROI decode only where the
+    nvJPEG in the process decodes it right (else a ValueError saying so); not one line from nvImageCodec."""
+    import torch
+
+    try:
+        d, db = _batches(shards, "train", epoch=0, device="cuda", record=True, flip=True, **variant)
+    except ValueError as e:
+        assert variant["decode"] == "roi" and "nvJPEG >= 13.2" in str(e)
+        return
+    t, tb = _batches(shards, "train", epoch=0, backend="torch", resample="pil", flip=True)
+    assert d.gpu and (d.decode == "roi") == (d.nvjpeg.version is not None and d.nvjpeg.version[:2] >= (13, 2)
+                                              and variant["decode"] != "full")
+    want = [[t.planner.plans(int(c), 0) for c in b] for b in t.planner.batches(0)]
+    assert [vids for _, vids in d.served] == want
+    for (dc, dl), (tc, tl), vids in zip(db, tb, want):
+        assert dc.is_cuda and torch.equal(dl.cpu(), tl)
+        for k, plans in enumerate(vids):
+            diff = (dc[k].cpu().int() - tc[k].int()).abs().float()
+            mean_tol, max_tol = tolerance(plans[0], d.two_step)
+            assert diff.mean() <= mean_tol + 0.5 and diff.max() <= max_tol + 4, (variant, diff.mean(), diff.max())
+    err = capfd.readouterr().err
+    assert "ROI decode with fancy upsampling" not in err and "WARNING" not in err.upper(), err[-1000:]
