@@ -197,3 +197,23 @@ def test_gpu_variants_give_the_torch_backends_clips_and_print_nothing(shards, va
             assert diff.mean() <= mean_tol + 0.5 and diff.max() <= max_tol + 4, (variant, diff.mean(), diff.max())
     err = capfd.readouterr().err
     assert "ROI decode with fancy upsampling" not in err and "WARNING" not in err.upper(), err[-1000:]
+
+
+@dali_test
+def test_parallel_feed_names_a_bad_clip_in_one_line_or_replaces_it(shards, tmp_path):
+    """A worker process's FrameError reaches DALI's caller as a bare Exception with a traceback: the loader
+    traces it to the clip on the host and raises the one-line FrameError; with on_bad="replace" the worker
+    replaces the clip by the next row, and the loader counts it."""
+    from test_loader import corrupt_copy
+
+    from pipelines.errors import FrameError
+    from pipelines.loader import build_loader
+
+    keys = corrupt_copy(shards, tmp_path / "bad", "val", [4])
+    kw = dict(mode="val", batch_size=2, num_segments=4, size=48, workers=1, feed="parallel")
+    with pytest.raises(FrameError) as e:
+        list(build_loader(tmp_path / "bad", "val", backend="dali", **kw))
+    assert str(e.value).startswith(f"jester val: clip {keys[4]!r} (row 4) frame ") and "\n" not in str(e.value)
+    rep = build_loader(tmp_path / "bad", "val", backend="dali", on_bad="replace", record=True, **kw)
+    assert sum(len(lab) for _, lab in rep) == 7 and rep.replaced == 1
+    assert [ps[0].clip for _, vids in rep.served for ps in vids] == [0, 1, 2, 3, 5, 5, 6]

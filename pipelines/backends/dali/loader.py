@@ -220,7 +220,8 @@ class DaliLoader(Loader):
         except StopIteration:
             self.close()
             raise RuntimeError("dali backend: the pipeline ended, although its source never ends") from None
-        except RuntimeError as e:  # DALI's "Critical error in pipeline": this pipeline is unusable now
+        except Exception as e:  # noqa: BLE001 - DALI's "Critical error in pipeline", or a parallel feed worker's
+            # error as a bare Exception carrying its traceback text: this pipeline is unusable now
             err, row = self.diagnose(e)
             self.close()
             if row is None or self.spec.on_bad != "replace":
