@@ -27,7 +27,3 @@ class ClipError(DataError, ValueError):
     """A clip's frame count or frame size cannot be sampled or cropped (zero frames, a zero-sized frame, a
     crop larger than the frame). Also a ``ValueError``, which these pure functions raised before."""
 
-
-def corrupt_frame(dataset: str, split: str, key: str, clip: int, frame: int, reason) -> FrameError:
-    """The one message for a frame that cannot be decoded, whichever backend found it."""
-    return FrameError(f"{dataset} {split}: clip {key!r} (row {clip}) frame {frame}: corrupt JPEG ({reason})")

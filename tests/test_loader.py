@@ -250,6 +250,13 @@ def test_unknown_backend_and_options(jester):
 
 
 # ------------------------------------------------------------------------------------------- bad input
+def _bogus_huffman(f: bytes) -> bytes:
+    """A frame that passes the JPEG rule (markers, size, EOI) but that libjpeg refuses: its first Huffman table's
+    code counts sum far over 256."""
+    i = f.index(b"\xff\xc4")
+    return f[:i + 5] + b"\xff" * 16 + f[i + 21:]
+
+
 def corrupt_copy(src, dst, split, rows, how="truncate"):
     """Copy a converted dataset and damage every frame of ``rows`` of ``split`` (manifest kept consistent)."""
     shutil.copytree(src, dst)
@@ -258,8 +265,10 @@ def corrupt_copy(src, dst, split, rows, how="truncate"):
     path = os.path.join(dst, entry["path"])
     table = pa.ipc.open_file(pa.BufferReader(open(path, "rb").read())).read_all()  # no mmap: we overwrite it
     frames = table.column("frames").to_pylist()
+    damage = {"truncate": lambda f: f[: len(f) // 2], "garbage": lambda f: b"\xff\xd8garbage",
+              "huffman": _bogus_huffman}[how]
     for r in rows:
-        frames[r] = [f[: len(f) // 2] if how == "truncate" else b"\xff\xd8garbage" for f in frames[r]]
+        frames[r] = [damage(f) for f in frames[r]]
     table = table.set_column(3, pa.field("frames", pa.list_(pa.binary()), nullable=False),
                              pa.array(frames, pa.list_(pa.binary())))
     with pa.OSFile(path, "wb") as f, pa.ipc.new_file(f, fmt.SCHEMA) as w:
@@ -294,6 +303,31 @@ def test_corrupt_jpeg_replace_is_counted(jester, tmp_path):
     threaded = build_loader(tmp_path / "bad", "val", backend="torch", on_bad="replace",
                             **{**kw, "workers": 2})
     assert torch.equal(cat(list(threaded))[0], got[0]) and threaded.replaced == 2
+
+
+@pytest.mark.parametrize("how", ["garbage", "huffman"])
+def test_device_decode_path_raises_or_replaces_per_on_bad(jester, tmp_path, how):
+    """decode_device (here the CPU): a corrupt frame is the one FrameError, or replaced by the next good clip exactly
+    as on the worker-decode path. "garbage" breaks the JPEG rule (a worker finds it); "huffman" passes the rule and
+    the device decoder rejects it (the main process finds the frame)."""
+    from pipelines.decode import jpeg
+
+    keys = corrupt_copy(jester["out"], tmp_path / "bad", "val", [2, 3], how=how)
+    bad = build_loader(tmp_path / "bad", "val", backend="torch", batch_size=1).shards.frames(2, [0])[0]
+    assert (jpeg.problem(bad) is None) == (how == "huffman")
+    kw = dict(mode="val", batch_size=2, num_segments=T, size=SIZE, workers=2, decode_device="cpu")
+    with pytest.raises(FrameError) as e:
+        list(build_loader(tmp_path / "bad", "val", backend="torch", **kw))
+    msg = str(e.value)
+    assert msg.startswith(f"jester val: clip {keys[2]!r} (row 2) frame ") and ": corrupt JPEG (" in msg
+    assert "\n" not in msg
+    want = build_loader(tmp_path / "bad", "val", backend="torch", on_bad="replace", **{**kw, "decode_device": None})
+    want_b = cat(list(want))
+    loader = build_loader(tmp_path / "bad", "val", backend="torch", on_bad="replace", **kw)
+    got = cat(list(loader))
+    assert loader.replaced == want.replaced == 2
+    assert torch.equal(got[0], want_b[0]) and torch.equal(got[1], want_b[1])
+    assert torch.equal(got[0][2], got[0][4]) and torch.equal(got[0][3], got[0][4])
 
 
 def test_shard_size_mismatch_at_open(jester, tmp_path):

@@ -1,5 +1,7 @@
-"""What every backend's loader shares: the epoch/start state, length, batch clips, stage timings and the one
-replace-bad policy (the loader contract itself is documented in :mod:`pipelines.loader`)."""
+"""What every backend's loader shares: the epoch/start state, length, batch clips, stage timings, the one
+corrupt-frame message (:func:`corrupt_frame`) and the one replace-bad policy (:func:`on_bad_clip` for a clip found
+bad, :func:`replace_bad` to load the next good one); the loader contract itself is documented in
+:mod:`pipelines.loader`."""
 from __future__ import annotations
 
 import logging
@@ -17,14 +19,27 @@ MAX_REPLACE_TRIES = 16  # consecutive bad candidates before giving up
 R = TypeVar("R")
 
 
+def corrupt_frame(dataset: str, split: str, key: str, clip: int, frame: int, reason) -> FrameError:
+    """The one message for a frame that cannot be decoded, whichever backend found it."""
+    return FrameError(f"{dataset} {split}: clip {key!r} (row {clip}) frame {frame}: corrupt JPEG ({reason})")
+
+
+def on_bad_clip(err: FrameError, on_bad: str) -> None:
+    """The one replace-bad policy for a clip found bad: ``on_bad="raise"`` raises ``err`` (its one line, no
+    chained traceback); ``"replace"`` logs it once and returns (the caller puts the next good clip in its place)."""
+    if on_bad != "replace":
+        raise err from None
+    log.warning("%s; replaced by the next clip (on_bad='replace')", err)
+
+
 def replace_bad(load: Callable[[int], R], clip: int, *, n: int, on_bad: str, where: str,
                 bad: set | None = None) -> tuple[R, bool]:
     """``(load(c), replaced)`` for the first good candidate ``c`` of ``clip, clip + 1, ...`` (mod ``n``).
 
-    ``load`` raises FrameError for a bad clip. With ``on_bad="raise"`` the first error propagates; with
-    ``"replace"`` it is logged and the next row is tried (rows in ``bad`` are known bad and skipped; new bad
-    rows are added to it). ``replaced`` is True when another clip took ``clip``'s place: a loader counts one
-    replaced clip per original clip, however many candidates were bad.
+    ``load`` raises FrameError for a bad clip, which goes to :func:`on_bad_clip`: with ``on_bad="raise"`` the
+    first error propagates; with ``"replace"`` it is logged and the next row is tried (rows in ``bad`` are known
+    bad and skipped; new bad rows are added to it). ``replaced`` is True when another clip took ``clip``'s place:
+    a loader counts one replaced clip per original clip, however many candidates were bad.
     """
     for attempt in range(MAX_REPLACE_TRIES):
         cand = (clip + attempt) % n
@@ -33,9 +48,7 @@ def replace_bad(load: Callable[[int], R], clip: int, *, n: int, on_bad: str, whe
         try:
             return load(cand), attempt > 0
         except FrameError as e:
-            if on_bad != "replace":
-                raise
-            log.warning("%s; trying the next clip (on_bad='replace')", e)
+            on_bad_clip(e, on_bad)
             if bad is not None:
                 bad.add(cand)
     raise FrameError(f"{where}: {MAX_REPLACE_TRIES} consecutive clips from row {clip} are bad; giving up "
@@ -100,8 +113,6 @@ class Loader:
         return [(b, batches[b]) for b in range(self.start, len(batches))]
 
     def frame_error(self, key: str, clip: int, frame: int, reason) -> FrameError:
-        from pipelines.errors import corrupt_frame
-
         return corrupt_frame(self.dataset, self.split, key, clip, frame, reason)
 
     def close(self) -> None:

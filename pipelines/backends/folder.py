@@ -83,8 +83,7 @@ class FolderSource(BatchSource):
                     t_read += time.perf_counter() - r0
                     img = img.convert("RGB")
             except OSError as e:
-                raise FrameError(f"{self.dataset} {self.split}: clip {key!r} (row {clip}) frame {j} "
-                                 f"({files[j]}): unreadable JPEG ({e})") from None
+                raise self.frame_error(key, clip, j, f"{files[j]}: {e}") from None
             imgs[j] = img
         t1 = time.perf_counter()
         for v, plan in enumerate(plans):

@@ -16,9 +16,8 @@ import time
 
 import numpy as np
 
-from pipelines.backends.base import replace_bad
+from pipelines.backends.base import corrupt_frame, replace_bad
 from pipelines.backends.dali.graph import flatten_clips
-from pipelines.errors import corrupt_frame
 from pipelines.plan.clip import needed_frames
 
 TAG_BITS = 20  # clip index inside a batch: position tag = (k << TAG_BITS) | j

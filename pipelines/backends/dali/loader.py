@@ -30,7 +30,7 @@ import os
 import time
 from typing import Callable, Iterator
 
-from pipelines.backends.base import Loader
+from pipelines.backends.base import Loader, corrupt_frame, on_bad_clip
 from pipelines.backends.dali import nvjpeg
 from pipelines.backends.dali.feed import TAG_BITS, Feed, check_jpeg, precheck_jpeg
 from pipelines.backends.dali.graph import (
@@ -42,7 +42,7 @@ from pipelines.backends.dali.graph import (
     dali_gpu_count,
     import_dali,
 )
-from pipelines.errors import FrameError, corrupt_frame
+from pipelines.errors import FrameError
 from pipelines.plan.clip import needed_frames
 
 log = logging.getLogger(__name__)
@@ -224,9 +224,9 @@ class DaliLoader(Loader):
             # error as a bare Exception carrying its traceback text: this pipeline is unusable now
             err, row = self.diagnose(e)
             self.close()
-            if row is None or self.spec.on_bad != "replace":
+            if row is None:
                 raise err from None
-            log.warning("%s; replaced by the next clip (on_bad='replace')", err)
+            on_bad_clip(err, self.spec.on_bad)
             self.bad.add(row)  # the rebuilt feed skips it (and counts the replacement) from now on
             return None
 

@@ -30,18 +30,16 @@ Options: ``resample`` --
   (mean < 0.05); train where fused: one bilinear blur less and up to half a source pixel of shift -- mean
   |diff| ~1.6-2.4 grey levels on noisy synthetic frames, large only on hard edges (tests state the bound).
 * ``"torch"``: the reference's order everywhere (pre-resize, crop, resize) with torch's uint8 kernels: within
-  2 grey levels of ``folder``, mean < 0.05; ~10 % slower than ``"auto"`` on Jester train.
-* ``"pil"`` (alias ``"exact"``): PIL's resampling, bit-identical to the ``folder`` backend (~4x slower).
+  2 grey levels of ``folder``, mean < 0.05; slower than ``"auto"`` where that fuses (docs/benchmarks.md).
+* ``"pil"`` (alias ``"exact"``): PIL's resampling, bit-identical to the ``folder`` backend (the slowest).
 * ``"fused"``: the fused resize for every plan, val/test included.
 
 ``dct_scale`` (False; decode at 1/2..1/8 in the DCT domain when the pre-resize allows, changes pixels),
 ``decode_device`` (None; ``"cuda"`` makes process workers send the JPEG bytes and the main process decodes them
 with ``torchvision.io.decode_jpeg(device="cuda")`` in one batched call and resamples on the GPU; ``"cpu"`` runs
-the same path on the CPU, for tests; ``on_bad="replace"`` is not available on this path, and ``"pil"`` runs as
+the same path on the CPU, for tests; ``on_bad`` applies as on the worker path, and ``"pil"`` runs as
 ``"torch"`` there),
-``roi_decode`` (False; decode only the rows and columns the resampling reads, with nvImageCodec's CPU decoder,
-pixels unchanged: :func:`pipelines.decode.frames.decode_clip_roi`), ``prefetch_factor`` (2), ``executor``,
-``channels_last``.
+``prefetch_factor`` (2), ``executor``, ``channels_last``.
 
 Batches are uint8 (the consumer normalises on its device, :func:`pipelines.plan.presets.normalize`); for CUDA they
 are filled in page-locked memory and copied non-blocking.
@@ -54,10 +52,10 @@ import time
 import numpy as np
 
 from pipelines.decode import frames as decode
-from pipelines.backends.base import Loader, replace_bad
+from pipelines.backends.base import Loader, corrupt_frame, replace_bad
 from pipelines.backends.torch import stream
 from pipelines.decode.executors import BufferPool  # noqa: F401  (the alloc annotation)
-from pipelines.errors import DataError, FrameError
+from pipelines.errors import DataError
 from pipelines.plan.planner import Planner
 from pipelines.plan.clip import needed_frames
 
@@ -140,8 +138,6 @@ class BatchSource:
         return label
 
     def frame_error(self, plan_key: str, clip: int, frame: int, err):
-        from pipelines.errors import corrupt_frame
-
         return corrupt_frame(self.dataset, self.split, plan_key, clip, frame, err)
 
     def load_clip(self, clip: int, dest, info) -> int:  # pragma: no cover - abstract
@@ -193,11 +189,7 @@ class ShardSource(BatchSource):
             return np.stack(dec)
         h, w = plans[0].src_size
         arr = self._scratch(len(wanted), h, w)
-        todo = range(len(wanted))
-        if getattr(self, "roi_decode", False):  # only the pixels the resampling reads; the rest stays stale
-            left = decode.decode_clip_roi(bufs, plans, arr, fused=FUSED[self.resample])
-            todo = todo if left is None else left
-        for u in todo:
+        for u in range(len(wanted)):
             j, buf = wanted[u], bufs[u]
             try:
                 got = decode.decode_jpeg(buf, out=arr[u])
@@ -237,27 +229,41 @@ class ShardSource(BatchSource):
 
 
 class BytesSource(BatchSource):
-    """For ``decode_device="cuda"``: workers only gather the sampled JPEG bytes; decoding happens on the GPU."""
+    """For ``decode_device``: workers only gather the sampled JPEG bytes; decoding happens on the device. Every
+    frame is checked by the one JPEG rule here (:func:`pipelines.decode.jpeg.problem`), so a bad clip is raised or
+    replaced per ``on_bad`` as on the worker-decode path."""
 
     def __init__(self, shards, planner: Planner, batches: list, epoch: int, *, on_bad: str):
         super().__init__(planner, batches, epoch, on_bad=on_bad, dataset=shards.dataset, split=shards.split)
         self.shards = shards
 
+    def load_bytes(self, clip: int):
+        """``(clip, plans, wanted, frame bytes)`` of row ``clip`` (FrameError naming a frame that breaks the rule)."""
+        from pipelines.decode.jpeg import problem
+
+        plans = self.planner.plans(clip, self.epoch)
+        wanted = needed_frames(plans)
+        bufs = [np.array(x) for x in self.shards.frames(clip, wanted)]
+        for j, b in zip(wanted, bufs):
+            if (why := problem(b, plans[0].src_size)) is not None:
+                raise self.frame_error(plans[0].key, clip, j, why)
+        return clip, plans, wanted, bufs
+
     def make_batch(self, b: int):
         import torch
 
-        ids = self.batches[b]
         t0 = time.perf_counter()
-        items, chunks = [], []
-        for clip in ids:
-            plans = self.planner.plans(int(clip), self.epoch)
-            wanted = needed_frames(plans)
-            items.append((int(clip), plans, wanted))
-            chunks.extend(np.array(x) for x in self.shards.frames(int(clip), wanted))
+        items, chunks, replaced = [], [], 0
+        for clip in self.batches[b]:
+            (c, plans, wanted, bufs), r = replace_bad(self.load_bytes, int(clip), n=self.planner.n,
+                                                      on_bad=self.on_bad, where=f"{self.dataset} {self.split}")
+            replaced += r
+            items.append((c, plans, wanted))
+            chunks.extend(bufs)
         sizes = np.array([len(c) for c in chunks], dtype=np.int64)
         data = torch.from_numpy(np.concatenate(chunks) if chunks else np.zeros(0, np.uint8))
-        info = np.array([0.0, time.perf_counter() - t0, 0.0, 0.0])
-        return ("bytes", items, data, torch.from_numpy(sizes)), info
+        info = np.array([float(replaced), time.perf_counter() - t0, 0.0, 0.0])
+        return ("bytes", self.epoch, items, data, torch.from_numpy(sizes)), info
 
 
 class TorchLoader(Loader):
@@ -322,7 +328,8 @@ class TorchLoader(Loader):
             if self.gpu_decode is not None:
                 payload, info = item
                 t0 = time.perf_counter()
-                clips, labels = self.gpu_decode(payload, self.device)
+                clips, labels, replaced = self.gpu_decode(payload, self.device)
+                self._replaced += replaced
             else:
                 clips, labels, info = item
                 t0 = time.perf_counter()
@@ -345,28 +352,70 @@ class TorchLoader(Loader):
             yield clips, labels
 
 
-def _gpu_decoder(planner: Planner, shards, resample: str = "auto", channels_last: bool = True):
-    """Main-process half of ``decode_device="cuda"``: batched nvJPEG decode + plan execution on the GPU."""
+def _device_decode(datas: list, device) -> list:
+    """torchvision's batched JPEG decode of ``datas`` (uint8 tensors) on ``device`` (nvJPEG on CUDA)."""
+    import warnings
+
+    with warnings.catch_warnings():  # torchvision 0.29 flags its image codecs as deprecated (still supported)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from torchvision.io import decode_jpeg
+
+        return decode_jpeg(datas, device=device) if datas else []
+
+
+def _gpu_decoder(planner: Planner, shards, resample: str = "auto", channels_last: bool = True,
+                 on_bad: str = "raise"):
+    """Main-process half of ``decode_device``: batched decode + plan execution on the device. ``run(payload,
+    device)`` returns ``(clips, labels, replaced)``. When the device decoder rejects the batch, its clips are
+    decoded one frame at a time to name the bad frame, and that clip is raised or replaced per ``on_bad``
+    (:func:`~pipelines.backends.base.replace_bad`; a replacement's bytes are read here and checked by the rule)."""
+    import torch
+
+    from pipelines.decode.jpeg import problem
+
+    def decode_clip(plans, clip: int, device, bufs=None) -> dict:
+        wanted = needed_frames(plans)
+        if bufs is None:  # a replacement clip: its bytes did not come through a worker's check
+            bufs = [torch.from_numpy(np.array(b)) for b in shards.frames(clip, wanted)]
+            for j, b in zip(wanted, bufs):
+                if (why := problem(b.numpy(), plans[0].src_size)) is not None:
+                    raise corrupt_frame(shards.dataset, shards.split, plans[0].key, clip, j, why)
+        dec = {}
+        for j, b in zip(wanted, bufs):
+            try:
+                dec[j] = _device_decode([b], device)[0]
+            except RuntimeError as e:
+                why = " ".join(str(e).split())  # one line
+                raise corrupt_frame(shards.dataset, shards.split, plans[0].key, clip, j, why) from None
+        return dec
+
+    def decoded_clips(epoch: int, items, datas, device):
+        """``(plans, {frame: (3, H, W)})`` per item, and the number of clips replaced."""
+        try:
+            imgs = _device_decode(datas, device)
+        except RuntimeError:
+            imgs = None
+        out, pos, replaced = [], 0, 0
+        for clip, plans, wanted in items:
+            mine = datas[pos:pos + len(wanted)]
+            if imgs is not None:
+                out.append((plans, dict(zip(wanted, imgs[pos:pos + len(wanted)]))))
+            else:
+                def load(c, clip=clip, plans=plans, mine=mine):
+                    ps = plans if c == clip else planner.plans(c, epoch)
+                    return ps, decode_clip(ps, c, device, mine if c == clip else None)
+
+                got, r = replace_bad(load, clip, n=planner.n, on_bad=on_bad, where=f"{shards.dataset} {shards.split}")
+                out.append(got)
+                replaced += r
+            pos += len(wanted)
+        return out, replaced
 
     def run(payload, device):
-        import warnings
-
-        import torch
-
-        with warnings.catch_warnings():  # torchvision 0.29 flags its image codecs as deprecated (still supported)
-            warnings.simplefilter("ignore", DeprecationWarning)
-            from torchvision.io import decode_jpeg
-
-        _, items, data, sizes = payload
+        _, epoch, items, data, sizes = payload
         offs = np.concatenate([[0], np.cumsum(sizes.numpy())])
         datas = [data[int(offs[i]):int(offs[i + 1])] for i in range(len(sizes))]
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DeprecationWarning)
-                imgs = decode_jpeg(datas, device=device) if datas else []
-        except RuntimeError as e:
-            raise FrameError(f"{shards.dataset} {shards.split}: a JPEG in clips "
-                             f"{[planner.meta['key'][c] for c, _, _ in items]} failed to decode on {device} ({e})")
+        clips, replaced = decoded_clips(epoch, items, datas, device)
         p = planner
         if channels_last:  # the worker path's layout: same bytes in the same memory order, no copy for the model
             out = torch.empty((len(items), p.views, p.num_segments, p.size, p.size, 3), dtype=torch.uint8,
@@ -375,22 +424,19 @@ def _gpu_decoder(planner: Planner, shards, resample: str = "auto", channels_last
             out = torch.empty((len(items), p.views, p.num_segments, 3, p.size, p.size), dtype=torch.uint8,
                               device=device)
         labels = torch.empty(len(items), dtype=torch.int64)
-        pos = 0
-        for k, (clip, plans, wanted) in enumerate(items):
-            dec = {j: imgs[pos + u] for u, j in enumerate(wanted)}
-            pos += len(wanted)
+        for k, (plans, dec) in enumerate(clips):
             for v, plan in enumerate(plans):
                 frames = torch.stack([dec[j] for j in plan.frames]).permute(0, 2, 3, 1)
                 decode.run_plan_torch(frames, plan, out=out[k, v], fused=FUSED[resample])
             labels[k] = plans[0].label
-        return out, labels
+        return out, labels, replaced
 
     return run
 
 
 def build_torch_loader(spec, *, resample: str = "auto", dct_scale: bool = False, decode_device=None,
                        prefetch_factor: int = 2, verify: bool = False, executor: str = "threads",
-                       channels_last: bool = True, roi_decode: bool = False) -> TorchLoader:
+                       channels_last: bool = True) -> TorchLoader:
     """The ``torch`` backend (contract: :mod:`pipelines.loader`); its options are described in this module's
     docstring. ``verify`` re-hashes the shards first."""
     import torch
@@ -411,13 +457,11 @@ def build_torch_loader(spec, *, resample: str = "auto", dct_scale: bool = False,
         def make(batches, ep):
             return BytesSource(shards, planner, batches, ep, on_bad=spec.on_bad)
 
-        gpu = _gpu_decoder(planner, shards, resample, channels_last)
+        gpu = _gpu_decoder(planner, shards, resample, channels_last, spec.on_bad)
     else:
         def make(batches, ep):
-            src = ShardSource(shards, planner, batches, ep, on_bad=spec.on_bad, resample=resample,
-                              dct_scale=dct_scale, channels_last=channels_last)
-            src.roi_decode = bool(roi_decode) and not dct_scale  # decode.decode_clip_roi; same pixels
-            return src
+            return ShardSource(shards, planner, batches, ep, on_bad=spec.on_bad, resample=resample,
+                               dct_scale=dct_scale, channels_last=channels_last)
 
         gpu = None
     return TorchLoader(spec, split, make, prefetch_factor=prefetch_factor, gpu_decode=gpu, executor=executor)
