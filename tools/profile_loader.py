@@ -153,47 +153,6 @@ def sampled_bytes(data: str, split: str, *, mode: str, batch_size: int, num_segm
     return out[: n_batches * batch_size * num_segments]
 
 
-def roi_sweep(blobs: list[bytes], rounds: int = 12) -> dict:
-    """One thread: CPU time of nvImageCodec region decodes (whole rows from the top, whole rows to the bottom,
-    and the middle half of the columns) relative to simplejpeg's full decode of the same frames. Each variant runs
-    in its own block (a decoder interleaved frame by frame with the other pays for the other's cold caches); the
-    least disturbed round (the minimum) counts. The fit is the cost model of ``pipelines.decode.frames.ROI_COST``."""
-    from pipelines.decode import frames as decode
-    from pipelines.decode.jpeg import jpeg_size
-
-    dec = decode.roi_decoder()
-    if dec is None:
-        return {"skipped": "nvidia-nvimgcodec-cu12 is not installed"}
-    h, w = jpeg_size(blobs[0])
-    blobs = [b for b in blobs if jpeg_size(b) == (h, w)][:96]
-    out = np.empty((h, w, 3), np.uint8)
-    regions = {"all": (0, 0, w, h)}
-    for f in (0.9, 0.75, 0.6, 0.5, 0.4):
-        regions[f"top {f}"] = (0, 0, w, int(h * f))
-        regions[f"top {f} half-width"] = (w // 4, 0, w - w // 4, int(h * f))
-        regions[f"bottom {f}"] = (0, h - int(h * f), w, h)
-    best = dict.fromkeys(["full", *regions], float("inf"))
-    for _ in range(rounds):
-        t0 = time.thread_time()
-        for b in blobs:
-            decode.decode_jpeg(b, out=out)
-        best["full"] = min(best["full"], time.thread_time() - t0)
-        for name, reg in regions.items():
-            for b in blobs[:8]:  # warm this decoder up after the other
-                dec.decode_into(b, reg, out)
-            t0 = time.thread_time()
-            for b in blobs:
-                dec.decode_into(b, reg, out)
-            best[name] = min(best[name], time.thread_time() - t0)
-    rel = {k: v / best["full"] for k, v in best.items()}
-    rows = [k for k in regions if "half" not in k]
-    a = np.array([[1.0, regions[k][3] / h, regions[k][1] / h] for k in rows])
-    fit = np.linalg.lstsq(a, np.array([rel[k] for k in rows]), rcond=None)[0]
-    return {"frames": len(blobs), "size": [h, w], "full_decode_ms": 1000 * best["full"] / len(blobs),
-            "regions": {k: list(v) for k, v in regions.items()}, "cost_vs_full": rel,
-            "fit_c0_end_skip": [float(x) for x in fit]}
-
-
 # ----------------------------------------------------------------------------------------------- loaders
 def dali_option(part: str, kw: dict) -> bool:
     """Put the dali variant ``part`` into ``kw`` (False if it is none of these): ``roi`` / ``full`` / ``auto``
@@ -227,15 +186,13 @@ def profile_backend(backend: str, *, data, raw, split, mode, batch_size, batches
               workers=workers, seed=seed, device=device)
     if name == "folder":
         kw["raw"] = raw
-    for part in filter(None, variant.split("+")):  # e.g. torch:torch+roi, dali:full+parallel+hw0.75+pf4+t2
+    for part in filter(None, variant.split("+")):  # e.g. torch:torch+processes, dali:full+parallel+hw0.75+pf4+t2
         if name == "dali" and dali_option(part, kw):
             continue
         if part in ("threads", "processes"):  # torch:processes -> the DataLoader-process executor
             kw["executor"] = part
         elif part == "nvjpeg":  # torch:nvjpeg -> workers send bytes, torchvision decodes on the delivery device
             kw["decode_device"] = device
-        elif part in ("roi", "full"):  # torch:roi / torch:full -> ROI decode on / off
-            kw["roi_decode"] = part == "roi"
         else:  # e.g. torch:exact, torch:torch, torch:fused -> resample option
             kw["resample"] = part
     loader = build_loader(data, split, **kw)
@@ -336,8 +293,8 @@ def plot(results: list, ceiling: dict, num_segments: int, path: str, title: str)
 @click.option("--backends", default="folder,torch", show_default=True,
               help="comma-separated (folder, torch, dali, ffcv); torch:exact / torch:torch / torch:fused select the "
                    "torch backend's resample option, torch:processes its DataLoader-process executor, torch:nvjpeg "
-                   "its GPU decode (decode_device = --device), torch:roi / torch:full its ROI decode on / off "
-                   "(joined with +, e.g. torch:torch+roi); dali:roi / dali:full its decode, dali:parallel its "
+                   "its GPU decode (decode_device = --device) (joined with +, e.g. torch:torch+processes); "
+                   "dali:roi / dali:full its decode, dali:parallel its "
                    "parallel feed, dali:hw0.75 / :pf4 / :t2 / :pw4 its hw_decoder_load / prefetch / num_threads / "
                    "py_workers (e.g. dali:full+parallel+pf4); ffcv converts "
                    "<data>/ffcv/<split>.beton first when missing")
@@ -353,11 +310,10 @@ def plot(results: list, ceiling: dict, num_segments: int, path: str, title: str)
 @click.option("--normalize/--no-normalize", default=False, show_default=True,
               help="also normalise each batch on --device, as the trainer does (pipelines.plan.presets.normalize); "
                    "default: the loaders' uint8 output alone")
-@click.option("--roi-sweep", "roi_sweep_", is_flag=True, help="also time region decodes against full decodes (JSON roi_sweep)")
 @click.option("--json", "json_path", type=click.Path(), default=None)
 @click.option("--plot", "plot_path", type=click.Path(), default=None)
 def main(data, raw, generate, dataset, clips, frames, split, mode, backends, batch_size, batches, warmup, rounds,
-         workers, num_segments, size, seed, device, normalize, roi_sweep_, json_path, plot_path):
+         workers, num_segments, size, seed, device, normalize, json_path, plot_path):
     """Profile loader backends against the decode-only ceiling."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from pipelines.errors import DataError
@@ -436,11 +392,6 @@ def main(data, raw, generate, dataset, clips, frames, split, mode, backends, bat
         ratios[f"{name}_over_ceiling"] = float(np.median(
             [a["frames_per_s"] / c["decode_only_frames_per_s"] for a, c in zip(runs[name], ceilings)]))
     out = {"results": results, "ceiling": ceiling, "ratios": ratios, "machine": machine_info(workers), "config": cfg}
-    if roi_sweep_:
-        out["roi_sweep"] = roi_sweep(blobs)
-        click.echo("ROI decode time / full decode: " + ", ".join(
-            f"{k} {v:.2f}" for k, v in out["roi_sweep"].get("cost_vs_full", {}).items()))
-
     click.echo(f"{'backend':<16}{'clips/s':>10}{'frames/s':>11}{'read':>8}{'decode':>8}{'augment':>9}{'to_dev':>8}"
                f"{'cpu ms/clip':>12}{'cores':>7}{'cores/1k clips/s':>18}   (stage ms per batch; cpu: process"
                " threads + workers)")

@@ -29,11 +29,6 @@ import numpy as np
 
 from pipelines.plan.clip import ClipPlan, source_window
 
-#: ImageNet statistics (RGB, 0..1); the graph multiplies by 255 because it normalises uint8 pixels.
-
-#: Extra source pixels decoded around the crop window so bilinear taps at its edges see real neighbours.
-WINDOW_PAD = 0
-
 INSTALL_HINT = "pip install .[dali]   (or: pip install nvidia-dali-cuda120==2.4.0)"
 
 
@@ -65,12 +60,11 @@ def decode_window(plan: ClipPlan, pad: int | None = None) -> tuple[tuple[int, in
     """Integer decode window and the sub-pixel crop inside it, for ``plan``.
 
     Returns ``((x0, y0, w0, h0), (ry0, rx0, ry1, rx1))``: the integer window of the source JPEG to decode
-    (the exact :func:`source_window` widened to whole pixels plus ``pad``, clamped to the frame), and the crop
+    (the exact :func:`source_window` widened to whole pixels plus ``pad`` (None: 0), clamped to the frame), and the crop
     region relative to that window as ``resize`` ROI start/end in (y, x) order.
     """
     sh, sw = plan.src_size
-    if pad is None:
-        pad = WINDOW_PAD
+    pad = pad or 0
     x, y, w, h = source_window(plan)
     x0 = max(0, math.floor(x + 1e-6) - pad)
     y0 = max(0, math.floor(y + 1e-6) - pad)

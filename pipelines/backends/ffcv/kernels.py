@@ -184,6 +184,35 @@ def has_eoi(buf):
 
 
 @njit(nogil=True, cache=False)
+def frame_code(buf, sh, sw):
+    """The one JPEG rule on a frame of a clip stored ``sh x sw``: 0 good, 1 not a JPEG / no frame header, 2 another
+    size, 3 no EOI (the loader's ``_REASONS``)."""
+    hh, ww = jpeg_size(buf)
+    if hh < 0:
+        return 1
+    if hh != sh or ww != sw:
+        return 2
+    if not has_eoi(buf):
+        return 3
+    return 0
+
+
+@njit(nogil=True, cache=False)
+def place(frame, dst, rh, rw, cx, cy, cw, ch, oh, ow, flip):
+    """One decoded frame through its plan into ``dst`` (3, oh, ow): pre-resize to ``rh x rw`` (the crop window
+    only), crop, resize to ``oh x ow``, mirror -- :func:`pipelines.decode.frames.run_plan_pil`'s steps."""
+    sh, sw = frame.shape[0], frame.shape[1]
+    if rh == sh and rw == sw:
+        crop = frame[cy:cy + ch, cx:cx + cw]
+    else:
+        crop = resize_window(frame, rh, rw, cy, cy + ch, cx, cx + cw)
+    if ch == oh and cw == ow:
+        write_frame(crop, dst, flip)
+    else:
+        write_frame(resize_window(crop, oh, ow, 0, oh, 0, ow), dst, flip)
+
+
+@njit(nogil=True, cache=False)
 def u32(buf, at):
     return (np.int64(buf[at]) | (np.int64(buf[at + 1]) << 8) | (np.int64(buf[at + 2]) << 16)
             | (np.int64(buf[at + 3]) << 24))

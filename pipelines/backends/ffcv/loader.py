@@ -33,18 +33,15 @@ pool can print finalizer noise at interpreter exit, which is harmless.
 """
 from __future__ import annotations
 
-import logging
 import os
 import time
 
 import numpy as np
 
-from pipelines.backends.base import Loader, replace_bad
+from pipelines.backends.base import Loader, corrupt_frame, on_bad_clip, replace_bad
 from pipelines.plan.clip import needed_frames
-from pipelines.errors import FrameError, corrupt_frame
+from pipelines.errors import FrameError
 from pipelines.backends.ffcv.convert import INSTALL_HINT, FfcvUnavailable, default_path, import_ffcv
-
-log = logging.getLogger(__name__)
 
 __all__ = ["FfcvLoader", "FfcvUnavailable", "INSTALL_HINT", "build_ffcv_loader"]
 
@@ -108,8 +105,7 @@ def _decoder_class():
             T = ROW - _GEOM
             paddr, saddr = int(self.plans.ctypes.data), int(self.status.ctypes.data)
             oh, ow = self.out_size
-            jpeg_size, has_eoi, u32 = K.jpeg_size, K.has_eoi, K.u32
-            resize_window, write_frame = K.resize_window, K.write_frame
+            frame_code, place, u32 = K.frame_code, K.place, K.u32
 
             def decode(batch_indices, destination, metadata, storage_state):
                 plans = numba.carray(as_pointer(paddr), (N, V, ROW), np.int32)
@@ -133,29 +129,14 @@ def _decoder_class():
                                 status[clip, 1] = j
                                 break
                             jpg = data[head + u32(data, 4 + 4 * j):head + u32(data, 4 + 4 * (j + 1))]
-                            hh, ww = jpeg_size(jpg)
-                            code = 0
-                            if hh < 0:
-                                code = 1
-                            elif hh != sh or ww != sw:
-                                code = 2
-                            elif not has_eoi(jpg):
-                                code = 3
-                            elif imdecode_c(jpg, frame, sh, sw, sh, sw, 0, 0, 1, 1, False, False) != 0:
+                            code = frame_code(jpg, sh, sw)
+                            if code == 0 and imdecode_c(jpg, frame, sh, sw, sh, sw, 0, 0, 1, 1, False, False) != 0:
                                 code = 4
                             if code != 0:
                                 status[clip, 0] = code
                                 status[clip, 1] = j
                                 break
-                            if rh == sh and rw == sw:
-                                crop = frame[cy:cy + ch, cx:cx + cw]
-                            else:
-                                crop = resize_window(frame, rh, rw, cy, cy + ch, cx, cx + cw)
-                            if ch == oh and cw == ow:
-                                write_frame(crop, destination[b, v, t], flip != 0)
-                            else:
-                                out = resize_window(crop, oh, ow, 0, oh, 0, ow)
-                                write_frame(out, destination[b, v, t], flip != 0)
+                            place(frame, destination[b, v, t], rh, rw, cx, cy, cw, ch, oh, ow, flip != 0)
                         if status[clip, 0] != 0:
                             break
                 return destination[:batch_indices.shape[0]]
@@ -327,9 +308,7 @@ class FfcvLoader(Loader):
                 videos = []
                 for b, c in enumerate(got):
                     if self._status[c, 0] != 0:
-                        if self.on_bad != "replace":
-                            raise self._error(c)
-                        log.warning("%s; replaced by the next clip (on_bad='replace')", self._error(c))
+                        on_bad_clip(self._error(c), self.on_bad)
                         self._replaced += 1
                         videos.append(self._replace(c, clips[b]))
                     else:
