@@ -15,8 +15,9 @@ one pool of ``workers`` processes (``fork`` on Linux, see :func:`default_start_m
    reach ``shard_mb`` MiB. The plan therefore does not depend on ``workers``;
 4. **write** each shard (one process per shard): the JPEG bytes are read untouched, every frame's header is
    checked (SOI, SOF size equal for all frames of a clip, EOI), batches of ``format.ROWS_PER_BATCH`` rows
-   are streamed to ``.<shard>.tmp-<pid>`` (:func:`common.files.temp_name`) and hashed; a small state file ``OUT/.convert/<split>-<index>.json``
-   records the shard's plan fingerprint, sha256 and skips; then the shard is moved into place. Memory per
+   are streamed to ``.<shard>.tmp-<pid>`` (:func:`common.files.temp_name`) and hashed; a small state file
+   ``OUT/.convert/<split>-<index>.json`` records the shard's plan fingerprint, sha256 and skips; then the shard
+   is moved into place. Memory per
    process: about one record batch of frame bytes (one whole shard when OUT is an object store);
 5. **manifest** -- written last, atomically. Any old manifest is removed when a run starts, so a visible
    manifest always describes the shards next to it.
@@ -48,7 +49,7 @@ from pipelines.shards import writer as sh
 from pipelines.shards import storage
 from pipelines.ingest import video
 from pipelines.ingest.datasets import ClipRef, Problems, bad
-from pipelines.ingest.scan import Clip, _scan_task, plan_fingerprint, plan_shards, resolve_clip
+from pipelines.ingest.scan import Clip, plan_fingerprint, plan_shards, scan_clips
 from pipelines.errors import AnnotationError, DataError, FrameError
 
 log = logging.getLogger(__name__)
@@ -249,22 +250,7 @@ def convert_dataset(dataset: str, raw, out, *, splits=None, workers: int = 1, sh
     """
     spec = datasets.get(dataset)
     raw = os.path.abspath(os.fspath(raw))
-    unknown = set(reader_options) - set(spec.options)
-    if unknown:
-        raise TypeError(f"{dataset}: unknown reader option(s) {sorted(unknown)}; known: {sorted(spec.options)}")
-    options = {**spec.options, **reader_options}
-    if splits is None:
-        splits = spec.splits
-    elif isinstance(splits, str):
-        splits = [s.strip() for s in splits.split(",") if s.strip()]
-    splits = list(dict.fromkeys(splits))
-    for s in splits:
-        if s not in spec.splits:
-            raise ValueError(f"unknown split {s!r}; expected some of {', '.join(spec.splits)}")
-    if shard_mb <= 0:
-        raise ValueError("shard_mb must be > 0")
-    if limit is not None and limit < 0:
-        raise ValueError("limit must be >= 0")
+    splits, options = _check_args(dataset, spec, splits, shard_mb, limit, reader_options)
     workers = max(1, int(workers))
     decode = video.Decode(fps=fps, short_side=short_side, quality=int(jpeg_quality))
 
@@ -290,23 +276,8 @@ def convert_dataset(dataset: str, raw, out, *, splits=None, workers: int = 1, sh
         for split in splits:  # read + scan + plan every split first: strict errors stop before any writing
             t0 = time.perf_counter()
             refs = read_split(spec, raw, split, classes, problems, seed=seed, limit=limit, options=options)
-            # scan every distinct folder once (EgoGesture clips share a folder), in a fixed order
-            folders = sorted({r.folder for r in refs})
-            chunk = max(1, len(folders) // (workers * 8))
-            scanned = dict(zip(folders, _map(pool, _scan_task, [(raw, f) for f in folders], chunk)))
-            clips: list[Clip] = []
-            for f in folders:
-                if isinstance(scanned[f], DataError):
-                    problems(scanned[f])  # raises in strict mode; once per folder otherwise
-            for r in refs:
-                got = scanned[r.folder]
-                if isinstance(got, DataError):
-                    continue
-                try:
-                    clips.append(video.resolve_clip(r, got, decode) if isinstance(got, video.VideoInfo)
-                                 else resolve_clip(r, got, raw))
-                except DataError as e:
-                    problems(e)
+            clips = scan_clips(refs, raw, lambda fn, items: _map(pool, fn, items, max(1, len(items) // (workers * 8))),
+                               decode, problems)
             plans[split] = plan_shards(clips, shard_mb * MIB)
             if any(isinstance(c, video.VideoClip) for c in clips):
                 manifest["options"]["video"] = decode.manifest()
@@ -325,6 +296,26 @@ def convert_dataset(dataset: str, raw, out, *, splits=None, workers: int = 1, sh
     fmt.validate_manifest(manifest)
     storage.write_json_atomic(fs, manifest_path, manifest)
     return manifest
+
+
+def _check_args(dataset: str, spec, splits, shard_mb: float, limit: int | None, reader_options: dict):
+    """``(splits, reader options)`` of a conversion, checked before anything is read."""
+    unknown = set(reader_options) - set(spec.options)
+    if unknown:
+        raise TypeError(f"{dataset}: unknown reader option(s) {sorted(unknown)}; known: {sorted(spec.options)}")
+    if splits is None:
+        splits = spec.splits
+    elif isinstance(splits, str):
+        splits = [s.strip() for s in splits.split(",") if s.strip()]
+    splits = list(dict.fromkeys(splits))
+    for s in splits:
+        if s not in spec.splits:
+            raise ValueError(f"unknown split {s!r}; expected some of {', '.join(spec.splits)}")
+    if shard_mb <= 0:
+        raise ValueError("shard_mb must be > 0")
+    if limit is not None and limit < 0:
+        raise ValueError("limit must be >= 0")
+    return splits, {**spec.options, **reader_options}
 
 
 def _write_all(fs, root, out, raw, plans, pool, skip_bad, progress, problems, name) -> dict:

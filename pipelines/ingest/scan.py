@@ -116,6 +116,28 @@ def resolve_clip(ref: ClipRef, folder: Folder, raw: str) -> Clip:
 
 
 # ----------------------------------------------------------------------------------------------- planning
+def scan_clips(refs: list[ClipRef], raw: str, map_fn, decode, problems) -> list[Clip]:
+    """The clips of ``refs`` with their frames: every distinct folder (EgoGesture clips share one) scanned once, in
+    a fixed order, by ``map_fn(fn, items)`` (e.g. a process pool's ordered map); a video stands in for a folder
+    (decoded as ``decode`` says). Bad folders and clips go to ``problems`` (which raises in strict mode)."""
+    folders = sorted({r.folder for r in refs})
+    scanned = dict(zip(folders, map_fn(_scan_task, [(raw, f) for f in folders])))
+    for f in folders:
+        if isinstance(scanned[f], DataError):
+            problems(scanned[f])  # raises in strict mode; once per folder otherwise
+    clips: list[Clip] = []
+    for r in refs:
+        got = scanned[r.folder]
+        if isinstance(got, DataError):
+            continue
+        try:
+            clips.append(video.resolve_clip(r, got, decode) if isinstance(got, video.VideoInfo)
+                         else resolve_clip(r, got, raw))
+        except DataError as e:
+            problems(e)
+    return clips
+
+
 def plan_shards(clips: list[Clip], shard_bytes: float) -> list[list[Clip]]:
     """Cut ``clips`` (in order) into shards: a shard closes once its frame bytes reach ``shard_bytes``."""
     out, cur, size = [], [], 0

@@ -5,7 +5,7 @@
   :class:`pipelines.shards.reader.ShardDataset`), or with ``cache_dir=None`` read by range requests
   (:class:`pipelines.shards.direct.RemoteShardDataset`); with ``max_gb`` the cache holds only the shards
   asked for by ``prefetch(clip_indices)`` (least-recently-used ones are evicted).
-* :func:`filesystem` -- :func:`pipelines.shards.storage.resolve` with bounded S3 timeouts and retries, and a clear
+* the filesystem is :func:`pipelines.shards.storage.resolve`'s: bounded S3 timeouts and retries, and a clear
   error when no S3 credentials are configured at all (instead of a slow, silent instance-metadata lookup).
 * :func:`node_lock` -- an ``fcntl.flock`` on the cache folder: one process per node downloads, the others wait.
 
@@ -75,7 +75,7 @@ class ShardCache:
         max_gb: keep at most this many GB (1e9 bytes) of shards; least-recently-used ones not asked for are
             evicted (use :meth:`prefetch` per epoch). ``None``: unlimited.
         threads: shards downloaded in parallel.
-        timeouts: see :func:`filesystem`.
+        timeouts: see :func:`pipelines.shards.storage.resolve`.
     """
 
     def __init__(self, uri, cache_dir=None, *, max_gb: float | None = None, threads: int = 8,
@@ -105,11 +105,7 @@ class ShardCache:
         return self._fs
 
     def entries(self, split: str) -> list[dict]:
-        splits = self.manifest["splits"]
-        if split not in splits:
-            raise ShardError(f"{storage.shown(self.uri, fmt.MANIFEST_NAME)}: no split {split!r} "
-                             f"(has {', '.join(sorted(splits)) or 'none'})")
-        return splits[split]["shards"]
+        return fmt.split_shards(self.manifest, split, where=storage.shown(self.uri, fmt.MANIFEST_NAME))
 
     def path(self, split: str, s: int) -> Path:
         rel = fmt.safe_relpath(self.entries(split)[s]["path"])

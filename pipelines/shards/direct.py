@@ -197,11 +197,7 @@ class RemoteShardDataset:
         self._fs, self.root, self.manifest, _ = storage.read_manifest_raw(self.uri, timeouts=timeouts)
         self.dataset: str = self.manifest["dataset"]
         self.classes: list[str] = list(self.manifest["classes"])
-        splits = self.manifest["splits"]
-        if split not in splits:
-            raise ShardError(f"{storage.shown(self.uri, fmt.MANIFEST_NAME)}: no split {split!r} "
-                             f"(has {', '.join(sorted(splits)) or 'none'})")
-        self.entries = splits[split]["shards"]
+        self.entries = fmt.split_shards(self.manifest, split, where=storage.shown(self.uri, fmt.MANIFEST_NAME))
         self.rels = [fmt.safe_relpath(e["path"]) for e in self.entries]
         self.shard_starts = np.cumsum([0] + [int(e["clips"]) for e in self.entries]).astype(np.int64)
         self._pid, self._files, self._local, self._pool = os.getpid(), {}, {}, None

@@ -136,3 +136,11 @@ def parse_manifest(text: str | bytes, *, where: str = MANIFEST_NAME) -> dict:
     except (ValueError, UnicodeDecodeError) as e:
         raise ShardError(f"{where}: not valid JSON ({e}); re-run tools/convert_dataset.py") from None
     return validate_manifest(m, where=where)
+
+
+def split_shards(m: dict, split: str, *, where: str = MANIFEST_NAME) -> list[dict]:
+    """The shard entries of ``split`` in manifest ``m`` (ShardError naming ``where`` and the splits it has)."""
+    splits = m["splits"]
+    if split not in splits:
+        raise ShardError(f"{where}: no split {split!r} (has {', '.join(sorted(splits)) or 'none'})")
+    return splits[split]["shards"]

@@ -91,11 +91,7 @@ class ShardDataset:
         self.manifest = storage.read_manifest(self.root)[2]
         self.dataset: str = self.manifest["dataset"]
         self.classes: list[str] = list(self.manifest["classes"])
-        splits = self.manifest["splits"]
-        if split not in splits:
-            raise ShardError(f"{os.path.join(self.root, fmt.MANIFEST_NAME)}: no split {split!r} "
-                             f"(has {', '.join(sorted(splits)) or 'none'})")
-        self.entries = splits[split]["shards"]
+        self.entries = fmt.split_shards(self.manifest, split, where=os.path.join(self.root, fmt.MANIFEST_NAME))
         self.paths = [os.path.join(self.root, *fmt.safe_relpath(e["path"]).split("/")) for e in self.entries]
         for path, e in zip(self.paths, self.entries):
             fmt.check_inside(self.root, path, where=os.path.join(self.root, fmt.MANIFEST_NAME))
