@@ -12,10 +12,12 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Iterator
 
 _BLOCK = 8 << 20
+_TEMP = re.compile(r"\.(?P<final>.+)\.tmp-(?P<pid>\d+)")
 
 
 def temp_name(path):
@@ -26,6 +28,27 @@ def temp_name(path):
         return path.with_name(f".{path.name}.tmp-{os.getpid()}")
     head, sep, name = os.fspath(path).rpartition("/")
     return f"{head}{sep}.{name}.tmp-{os.getpid()}"
+
+
+def temp_writer(name: str) -> int | None:
+    """The writer's pid when ``name`` (a file name) is a :func:`temp_name` name, else None."""
+    m = _TEMP.fullmatch(name)
+    return int(m.group("pid")) if m else None
+
+
+def remove_stale_temps(folder, *, recursive: bool = True) -> list[Path]:
+    """Remove the :func:`temp_name` files under ``folder`` whose writer is not this process (call it only where
+    no other process can be writing, e.g. under a run's lock); the removed paths. Other names are never touched."""
+    removed = []
+    for root, _dirs, names in os.walk(folder) if recursive else [(folder, [], os.listdir(folder))]:
+        for name in names:
+            pid = temp_writer(name)
+            if pid is not None and pid != os.getpid():
+                p = Path(root) / name
+                with contextlib.suppress(FileNotFoundError):
+                    p.unlink()
+                    removed.append(p)
+    return removed
 
 
 @contextlib.contextmanager

@@ -44,6 +44,14 @@ def save_atomic(obj: dict, path: Path) -> None:
         raise TrainingError(f"{path}: cannot write checkpoint ({cause.strerror or cause})") from None
 
 
+def stored_config(cfg) -> dict:
+    """``cfg`` as a run stores it (``config.json``, checkpoints, ``validate``): every URI without its credentials
+    (:func:`pipelines.shards.storage.shown`); the process that was given them keeps using them for I/O only."""
+    from pipelines.shards.storage import shown
+
+    return {k: shown(v) if isinstance(v, str) and "://" in v else v for k, v in cfg.to_json().items()}
+
+
 def check_in_run(path: Path) -> Path:
     """``path`` (a checkpoint inside a run directory) unless it is a symlink that resolves outside that directory."""
     path = Path(path)
@@ -62,7 +70,8 @@ def load_run_checkpoint(path: Path) -> dict:
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise TrainingError(f"{path}: no checkpoint to resume from (drop --resume to start a new run)") from None
+        raise TrainingError(f"{path}: no checkpoint to resume from (start a new run with --overwrite instead of "
+                           "--resume)") from None
     except pickle.UnpicklingError as e:
         raise TrainingError(f"{path}: refusing to load: not a plain weights checkpoint ({str(e).splitlines()[0]})") from None
     except (RuntimeError, EOFError) as e:

@@ -92,3 +92,12 @@ def elastic_seed(seed: int, global_step: int, rank: int) -> int:
     function of the three, so the resumed run is itself repeatable."""
     import numpy as np
     return int(np.random.SeedSequence([int(seed), int(global_step), int(rank)]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def any_rank(flag: bool, world: int, device) -> bool:
+    """True on every rank when ``flag`` is true on any (one small all-reduce; none for one process)."""
+    if world == 1:
+        return bool(flag)
+    import torch
+    t = torch.tensor([float(flag)], device=device)
+    return all_reduce_sum(t, world).item() > 0

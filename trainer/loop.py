@@ -68,12 +68,32 @@ def _gpu_mem_gb(info: DistInfo) -> float:
     return torch.cuda.max_memory_allocated(info.device) / 2**30
 
 
-def train_one_epoch(p: Parts, loader, cfg: Config, info: DistInfo, prog: Progress, *, steps: int, metrics,
-                    save: Callable[[], None], recorder=None, where: str = "") -> dict:
-    """Steps ``prog.step_in_epoch..steps-1`` of ``prog.epoch`` (``loader`` already starts at that batch);
-    ``save()`` writes a step checkpoint every ``cfg.ckpt_every`` global steps. The epoch's summary record."""
+def _train_step(p: Parts, clips, labels, cfg: Config, info: DistInfo):
+    """One optimiser step on a batch; its loss, detached, still on the device (no host sync)."""
     import torch
     import torch.nn.functional as F
+
+    labels = labels.to(info.device, non_blocking=True)
+    with autocast(cfg, info):
+        loss = F.cross_entropy(p.fwd(p.to_input(clips)), labels)
+    p.optimizer.zero_grad(set_to_none=True)
+    p.scaler.scale(loss).backward()
+    if cfg.clip_grad > 0:
+        p.scaler.unscale_(p.optimizer)
+        torch.nn.utils.clip_grad_norm_(p.core.parameters(), cfg.clip_grad)
+    p.scaler.step(p.optimizer)
+    p.scaler.update()
+    return loss.detach().float()
+
+
+def train_one_epoch(p: Parts, loader, cfg: Config, info: DistInfo, prog: Progress, *, steps: int, metrics,
+                    save: Callable[[], None], recorder=None, where: str = "", stop=None) -> dict | None:
+    """Steps ``prog.step_in_epoch..steps-1`` of ``prog.epoch`` (``loader`` already starts at that batch);
+    ``save()`` writes a step checkpoint every ``cfg.ckpt_every`` global steps. The epoch's summary record, or
+    None when ``stop`` (a :class:`trainer.preempt.StopRequest`) was requested on any rank: the ranks agree on
+    it at a log boundary, where the flag rides in the loss all-reduce (one process stops after the current
+    step), and return there without saving (the caller writes the stop checkpoint)."""
+    import torch
 
     first, epoch = prog.step_in_epoch, prog.epoch
     bar = None
@@ -92,17 +112,7 @@ def train_one_epoch(p: Parts, loader, cfg: Config, info: DistInfo, prog: Progres
         t0 = time.perf_counter()
         clips, labels = next(it)
         wait += time.perf_counter() - t0
-        labels = labels.to(info.device, non_blocking=True)
-        with autocast(cfg, info):
-            loss = F.cross_entropy(p.fwd(p.to_input(clips)), labels)
-        p.optimizer.zero_grad(set_to_none=True)
-        p.scaler.scale(loss).backward()
-        if cfg.clip_grad > 0:
-            p.scaler.unscale_(p.optimizer)
-            torch.nn.utils.clip_grad_norm_(p.core.parameters(), cfg.clip_grad)
-        p.scaler.step(p.optimizer)
-        p.scaler.update()
-        loss_acc += loss.detach().float()
+        loss_acc += _train_step(p, clips, labels, cfg, info)
         n_acc += 1
         prog.global_step += 1
         prog.step_in_epoch = step_in_epoch + 1
@@ -112,10 +122,11 @@ def train_one_epoch(p: Parts, loader, cfg: Config, info: DistInfo, prog: Progres
             bar.update(1)
         end = step_in_epoch + 1 == steps
         ckpt = cfg.ckpt_every and prog.global_step % cfg.ckpt_every == 0
-        if n_acc == cfg.log_interval or end or ckpt:
-            stats = torch.stack([loss_acc, torch.tensor(float(n_acc), device=info.device)])
-            all_reduce_sum(stats, info.world)  # the one host sync per interval
-            mean_loss = (stats[0] / stats[1]).item()
+        asked = stop is not None and stop.requested
+        if n_acc == cfg.log_interval or end or ckpt or (asked and info.world == 1):
+            stats = torch.cat([loss_acc.reshape(1), torch.tensor([float(n_acc), float(asked)], device=info.device)])
+            all_reduce_sum(stats, info.world)  # the one host sync per interval (it also carries the stop flag)
+            mean_loss, stopping = torch.stack([stats[0] / stats[1], stats[2]]).tolist()
             if not math.isfinite(mean_loss):
                 raise TrainingError(f"loss is {mean_loss} at epoch {epoch + 1} step {step_in_epoch + 1}: the run "
                                     f"diverged; the last good checkpoint is {where} — lower --lr or "
@@ -138,6 +149,10 @@ def train_one_epoch(p: Parts, loader, cfg: Config, info: DistInfo, prog: Progres
                 recorder.flush()
             loss_acc.zero_()
             n_acc, wait, t_int = 0, 0.0, time.perf_counter()
+            if stopping and not end:  # a stop on the last step lets the epoch finish: its checkpoint is the stop's
+                if bar is not None:
+                    bar.close()
+                return None
             if ckpt and not end:
                 save()
     if bar is not None:

@@ -17,10 +17,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
+import re
 from pathlib import Path
 from typing import Iterator
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, parse_qsl, quote, urlsplit, urlunsplit
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -48,7 +50,7 @@ def _from_uri(path) -> tuple[pafs.FileSystem, str]:
         try:
             return pafs.FileSystem.from_uri(path)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as e:
-            raise ShardError(f"{path}: cannot open this filesystem URI ({e})") from None
+            raise ShardError(f"{shown(path)}: cannot open this filesystem URI ({scrub(str(e))})") from None
     return pafs.LocalFileSystem(), os.path.abspath(path).replace(os.sep, "/")
 
 
@@ -60,10 +62,65 @@ def exists(fs: pafs.FileSystem, path: str) -> bool:
     return fs.get_file_info(path).type == pafs.FileType.File
 
 
+# query parameters that carry a credential (pyarrow's S3/GCS options and the usual presigned-URL names)
+_SECRET_PARAM = re.compile(r"(?i)(key|secret|token|password|passwd|credential|signature|sig|auth)")
+_URI_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>()\[\]{},;]+")
+
+
+def _userinfo(text: str) -> tuple[str, str]:
+    """``(scheme://, rest)`` with any ``user[:password]@`` removed from ``rest`` -- also when an unencoded ``/``
+    in the password would make urlsplit see it as the path."""
+    m = re.match(r"([A-Za-z][A-Za-z0-9+.-]*://)([^@?#]*)@", text)
+    if m and ("/" not in m.group(2) or ":" in m.group(2).split("/", 1)[0]):
+        return m.group(1), text[m.end():]
+    head, _, rest = text.partition("://")
+    return head + "://", rest
+
+
 def shown(uri, rel: str = "") -> str:
-    """``uri``/``rel`` for messages: without the query string (it may carry keys)."""
-    base = os.fspath(uri).split("?", 1)[0].rstrip("/")
-    return f"{base}/{rel}" if rel else base
+    """``uri``/``rel`` as it may be printed or stored: without userinfo (``s3://KEY:SECRET@b/...``) and with the
+    credential-like query parameters (``access_key``, ``secret_key``, ``session_token``, ...); other parameters (``endpoint_override``, ``region``) are kept, so the URI still opens with
+    credentials from the environment. The one redaction: every URI that reaches a log, an error, a config, a
+    checkpoint or a manifest goes through it. Local paths come back as they are."""
+    text = os.fspath(uri)
+    if "://" not in text:
+        return f"{text.rstrip('/')}/{rel}" if rel else text
+    scheme, rest = _userinfo(text)
+    parts = urlsplit(scheme + rest)
+    query = "&".join(f"{k}={quote(v, safe='/:')}" for k, v in parse_qsl(parts.query, keep_blank_values=True)
+                     if not _SECRET_PARAM.search(k))
+    path = parts.path.rstrip("/") + (f"/{rel}" if rel else "")
+    return urlunsplit((parts.scheme, parts.netloc, path, query, ""))
+
+
+def scrub(text: str) -> str:
+    """``text`` (a log or error line) with every URI in it passed through :func:`shown`."""
+    return _URI_IN_TEXT.sub(lambda m: shown(m.group()), text) if "://" in text else text
+
+
+class _Redact(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if "://" in text:
+            record.msg, record.args = scrub(text), ()
+        return True
+
+
+def redact_logs() -> None:
+    """Pass every line the root logger's handlers write through :func:`scrub` (for CLIs, after logging setup)."""
+    for h in logging.getLogger().handlers:
+        if not any(isinstance(f, _Redact) for f in h.filters):
+            h.addFilter(_Redact())
+
+
+def has_credentials_in(uri) -> bool:
+    """True when ``uri`` itself carries a credential (userinfo or a credential-like query parameter)."""
+    text = os.fspath(uri)
+    if "://" not in text:
+        return False
+    scheme, rest = _userinfo(text)
+    return len(scheme + rest) != len(text) or any(_SECRET_PARAM.search(k) for k, _ in
+                                                  parse_qsl(urlsplit(text).query, keep_blank_values=True))
 
 
 def _has_s3_credentials(uri: str) -> bool:
@@ -86,8 +143,9 @@ def resolve(uri, *, timeouts: dict | None = None) -> tuple[pafs.FileSystem, str]
     in seconds. ShardError (one line naming the URI) when S3 has no credentials configured at all."""
     uri = os.fspath(uri)
     if uri.lower().startswith("s3://") and not _has_s3_credentials(uri):
-        raise ShardError(f"{shown(uri)}: no S3 credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
-                         "AWS_PROFILE or ~/.aws/credentials (add ?anonymous=true for a public bucket; set "
+        raise ShardError(f"{shown(uri)}: no S3 credentials found (runs and manifests store URIs without their "
+                         "credentials): set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE or "
+                         "~/.aws/credentials (add ?anonymous=true for a public bucket; set "
                          "AWS_EC2_METADATA_DISABLED=false to use an instance role)")
     fs, root = _from_uri(uri)
     if isinstance(fs, pafs.S3FileSystem):
@@ -101,7 +159,7 @@ def resolve(uri, *, timeouts: dict | None = None) -> tuple[pafs.FileSystem, str]
 
 def explain(uri: str, e: BaseException, fs=None) -> str:
     """One line for a failed object-store request: what went wrong with ``uri`` and what to check."""
-    text = " ".join(str(e).split())
+    uri, text = shown(uri), scrub(" ".join(str(e).split()))
     short = text if len(text) <= 240 else text[:237] + "..."
     endpoint = "the default AWS endpoint"
     if isinstance(fs, pafs.S3FileSystem):
