@@ -68,12 +68,17 @@ def cli() -> None:
 
 
 def _setup_logging(verbose: int) -> None:
+    from pipelines.shards.storage import redact_logs
+
     logging.basicConfig(level=logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    redact_logs()  # an --out URI with credentials reaches the filesystem only, never a log line
 
 
-def _fail(e: BaseException) -> None:
-    click.echo(f"error: {e}", err=True)
+def _fail(e: BaseException | str) -> None:
+    from pipelines.shards.storage import scrub
+
+    click.echo(scrub(f"error: {e}"), err=True)
     sys.exit(1)
 
 
@@ -118,6 +123,7 @@ def _common_options(f):
 def _run(dataset: str, raw, out, splits, workers, shard_mb, seed, skip_bad, limit, progress, verbose,
          fps=None, short_side=None, jpeg_quality=90, **reader_options) -> None:
     from pipelines.ingest.convert import convert_dataset
+    from pipelines.shards.storage import scrub, shown
 
     _setup_logging(verbose)
     t0 = time.perf_counter()
@@ -128,12 +134,12 @@ def _run(dataset: str, raw, out, splits, workers, shard_mb, seed, skip_bad, limi
     except DataError as e:
         _fail(e)
     except ValueError as e:
-        raise click.UsageError(str(e)) from None
+        raise click.UsageError(scrub(str(e))) from None
     except OSError as e:  # writing OUT failed (disk full, permissions): one line, finished shards are kept
         if e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT) or "No space left" in str(e):
-            _fail(f"{out}: no space left on device while writing shards; finished shards are kept "
+            _fail(f"{shown(out)}: no space left on device while writing shards; finished shards are kept "
                   "(free space and run the same command again to resume)")
-        _fail(f"{out}: cannot write the output ({e}); finished shards are kept, run the same command again")
+        _fail(f"{shown(out)}: cannot write the output ({e}); finished shards are kept, run the same command again")
     except KeyboardInterrupt:
         click.echo("interrupted: run the same command again to resume", err=True)
         sys.exit(130)
@@ -141,7 +147,7 @@ def _run(dataset: str, raw, out, splits, workers, shard_mb, seed, skip_bad, limi
     total = sum(s["bytes"] for sp in m["splits"].values() for s in sp["shards"])
     for name, sp in m["splits"].items():
         click.echo(f"{name}: {sp['clips']} clips, {sp['frames']} frames, {len(sp['shards'])} shard(s)")
-    click.echo(f"wrote {out} ({total / 1e6:.1f} MB in {dt:.1f}s, {total / 1e6 / max(dt, 1e-9):.1f} MB/s); "
+    click.echo(f"wrote {shown(out)} ({total / 1e6:.1f} MB in {dt:.1f}s, {total / 1e6 / max(dt, 1e-9):.1f} MB/s); "
                f"skipped {len(m['skipped'])}")
 
 
@@ -199,8 +205,9 @@ def verify_cmd(out, decode, progress):
     """Check OUT: re-hash every shard against the manifest and check every row (schema, counts, labels,
     complete JPEGs whose header size matches the row). Exit 1 with the first problem."""
     from pipelines.shards.reader import verify
-    from pipelines.shards.storage import read_manifest
+    from pipelines.shards.storage import read_manifest, shown
 
+    _setup_logging(0)
     try:
         verify(out, decode=decode, progress=progress)
         _, _, m = read_manifest(out)
@@ -208,7 +215,7 @@ def verify_cmd(out, decode, progress):
         _fail(e)
     n = sum(len(s["shards"]) for s in m["splits"].values())
     clips = sum(s["clips"] for s in m["splits"].values())
-    click.echo(f"ok: {out}: {n} shard(s), {clips} clips")
+    click.echo(f"ok: {shown(out)}: {n} shard(s), {clips} clips")
 
 
 @cli.command("to-ffcv")

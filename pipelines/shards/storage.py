@@ -126,7 +126,7 @@ def has_credentials_in(uri) -> bool:
 def _has_s3_credentials(uri: str) -> bool:
     parts = urlsplit(uri)
     query = {k.lower(): v for k, v in parse_qs(parts.query).items()}
-    if parts.username or "access_key" in query or query.get("anonymous", [""])[0].lower() in ("true", "1"):
+    if has_credentials_in(uri) or query.get("anonymous", [""])[0].lower() in ("true", "1"):
         return True
     if any(os.environ.get(k) for k in _CRED_ENV):
         return True
