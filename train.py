@@ -11,7 +11,9 @@ Read top to bottom: config -> distributed init -> data -> model -> optimiser -> 
 
 Every config field is a command-line option (``--lr-steps 5,10,15``, ``--batch-size 64``, ...); per-dataset
 defaults come from ``configs/<dataset>.toml``. The final config is validated and frozen before any work and saved
-as ``RUN/config.json``.
+as ``RUN/config.json`` (URIs without credentials). A run owns its RUN (a lock; a fresh run into a used RUN stops:
+``--resume`` or ``--overwrite``); SIGTERM/SIGINT/SIGUSR1 write a checkpoint at the current step and exit 75
+(docs/runs.md).
 """
 from __future__ import annotations
 

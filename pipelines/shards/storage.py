@@ -78,19 +78,21 @@ def _userinfo(text: str) -> tuple[str, str]:
 
 
 def shown(uri, rel: str = "") -> str:
-    """``uri``/``rel`` as it may be printed or stored: without userinfo (``s3://KEY:SECRET@b/...``) and with the
-    credential-like query parameters (``access_key``, ``secret_key``, ``session_token``, ...); other parameters (``endpoint_override``, ``region``) are kept, so the URI still opens with
-    credentials from the environment. The one redaction: every URI that reaches a log, an error, a config, a
-    checkpoint or a manifest goes through it. Local paths come back as they are."""
+    """``uri`` as it may be printed or stored: without userinfo (``s3://KEY:SECRET@b/...``) and without
+    credential-like query parameters (``access_key``, ``secret_key``, ``session_token``, ...); the others
+    (``endpoint_override``, ``region``) are kept, so the URI still opens with credentials from the environment.
+    The one redaction: every URI that reaches a log, an error, a config, a checkpoint or a manifest goes through
+    it. ``uri/rel`` (an object inside it) is shown without any query. Local paths come back as they are."""
     text = os.fspath(uri)
     if "://" not in text:
         return f"{text.rstrip('/')}/{rel}" if rel else text
     scheme, rest = _userinfo(text)
     parts = urlsplit(scheme + rest)
+    if rel:  # an object inside the dataset: its name, without the filesystem's options
+        return urlunsplit((parts.scheme, parts.netloc, f"{parts.path.rstrip('/')}/{rel}", "", ""))
     query = "&".join(f"{k}={quote(v, safe='/:')}" for k, v in parse_qsl(parts.query, keep_blank_values=True)
                      if not _SECRET_PARAM.search(k))
-    path = parts.path.rstrip("/") + (f"/{rel}" if rel else "")
-    return urlunsplit((parts.scheme, parts.netloc, path, query, ""))
+    return urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), query, ""))
 
 
 def scrub(text: str) -> str:
@@ -143,10 +145,10 @@ def resolve(uri, *, timeouts: dict | None = None) -> tuple[pafs.FileSystem, str]
     in seconds. ShardError (one line naming the URI) when S3 has no credentials configured at all."""
     uri = os.fspath(uri)
     if uri.lower().startswith("s3://") and not _has_s3_credentials(uri):
-        raise ShardError(f"{shown(uri)}: no S3 credentials found (runs and manifests store URIs without their "
-                         "credentials): set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE or "
-                         "~/.aws/credentials (add ?anonymous=true for a public bucket; set "
-                         "AWS_EC2_METADATA_DISABLED=false to use an instance role)")
+        raise ShardError(f"{shown(uri)}: no S3 credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
+                         "AWS_PROFILE or ~/.aws/credentials (add ?anonymous=true for a public bucket; set "
+                         "AWS_EC2_METADATA_DISABLED=false to use an instance role); runs and manifests store a URI "
+                         "without its credentials")
     fs, root = _from_uri(uri)
     if isinstance(fs, pafs.S3FileSystem):
         t = {**TIMEOUTS, **(timeouts or {})}

@@ -315,7 +315,7 @@ def test_two_ranks_signal_then_resume_equals_uninterrupted(shards, reference, tm
     _steps_once(run)
     record(f"{how} at a random step (torchrun, 2 gloo ranks), then --resume", 1,
            f"signal at step {step}: both ranks stopped at step {ck['global_step']} (a log boundary) with one "
-           f"checkpoint; a second run on the locked dir was refused; the resumed losses equal the uninterrupted "
+           f"checkpoint; another process claiming the locked dir was refused; the resumed losses equal the uninterrupted "
            f"run's", area="train")
 
 
