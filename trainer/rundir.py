@@ -11,7 +11,7 @@ ranks of one run share its lock):
   minute.
 * **Ownership.** A fresh run into a directory that holds an earlier run (:data:`USED`) stops with one line; with
   ``overwrite`` the earlier run's files are moved aside into ``RUN.replaced-<time>/`` next to it, never deleted.
-* **Leftovers.** Temporary files of killed writes (:func:`common.files.temp_path` names only) are removed --
+* **Leftovers.** Temporary files of killed writes (:func:`common.files.temp_name` names only) are removed --
   safe because nobody else writes in a locked directory.
 """
 from __future__ import annotations

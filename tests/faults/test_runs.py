@@ -140,7 +140,7 @@ def test_second_process_and_used_directory_stop_before_work(shards, tmp_path, re
 
 
 def test_stale_temp_files_removed_only_ours(tmp_path, record):
-    from common.files import temp_path
+    from common.files import temp_name
 
     run = tmp_path / "r"
     (run / "tb").mkdir(parents=True)
@@ -149,7 +149,7 @@ def test_stale_temp_files_removed_only_ours(tmp_path, record):
     for p in mine + keep:
         p.write_bytes(b"x" * 100)
     (run / "config.json").write_text("{}")
-    assert temp_path(run / "last.pt").name == f".last.pt.tmp-{os.getpid()}"
+    assert temp_name(run / "last.pt").name == f".last.pt.tmp-{os.getpid()}"
     rundir.claim(run, resume=True, overwrite=False).release()
     assert not any(p.exists() for p in mine) and all(p.exists() for p in keep)
     record("temporary files of killed writes in the run dir (checkpoint, metrics, tb/)", len(mine) + len(keep),
