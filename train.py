@@ -31,7 +31,7 @@ import click
 from common.files import atomic_write_json
 from pipelines.shards.storage import redact_logs, scrub, shown
 from trainer import data, rundir
-from trainer.checkpoint import Checkpointer, check_in_run, stored_config
+from trainer.checkpoint import Checkpointer, check_in_run
 from trainer.config import Config, config_options, make_config, merge_saved
 from trainer.dist import all_gather_objects, any_rank, distributed, elastic_seed, env_rank
 from trainer.errors import TrainingError
@@ -56,6 +56,12 @@ class Run:
     ckpt: Checkpointer
     prog: Progress
     metrics: MetricsLog | None = None
+
+
+def stored_config(cfg: Config) -> dict:
+    """``cfg`` as a run stores it (``config.json``, checkpoints, ``validate``): every URI without its credentials
+    (:func:`pipelines.shards.storage.shown`); the process that was given them keeps using them for I/O only."""
+    return {k: shown(v) if isinstance(v, str) and "://" in v else v for k, v in cfg.to_json().items()}
 
 
 def run_training(cfg: Config, resume: bool, overwrite: bool = False) -> dict:

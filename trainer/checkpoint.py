@@ -44,14 +44,6 @@ def save_atomic(obj: dict, path: Path) -> None:
         raise TrainingError(f"{path}: cannot write checkpoint ({cause.strerror or cause})") from None
 
 
-def stored_config(cfg) -> dict:
-    """``cfg`` as a run stores it (``config.json``, checkpoints, ``validate``): every URI without its credentials
-    (:func:`pipelines.shards.storage.shown`); the process that was given them keeps using them for I/O only."""
-    from pipelines.shards.storage import shown
-
-    return {k: shown(v) if isinstance(v, str) and "://" in v else v for k, v in cfg.to_json().items()}
-
-
 def check_in_run(path: Path) -> Path:
     """``path`` (a checkpoint inside a run directory) unless it is a symlink that resolves outside that directory."""
     path = Path(path)
