@@ -35,10 +35,12 @@ from trainer.checkpoint import Checkpointer, check_in_run
 from trainer.config import Config, config_options, make_config, merge_saved
 from trainer.dist import all_gather_objects, any_rank, distributed, elastic_seed, env_rank
 from trainer.errors import TrainingError
+from trainer.export import export_command
 from trainer.loop import Parts, Progress, evaluate, measure_synthetic_rate, train_one_epoch
 from trainer.metrics import MetricsLog
 from trainer.model import amp_dtype, build_model_for, build_optimizer, build_scheduler, resume_schedule
 from trainer.preempt import PREEMPTED, Preempted, StopRequest
+from trainer.predict import predict_command
 
 log = logging.getLogger("train")
 
@@ -368,6 +370,9 @@ def validate(config_file, nproc, resume, **overrides):
         sys.exit(2)
     click.echo(json.dumps(stored_config(cfg), indent=2))
 
+
+cli.add_command(predict_command)  # train.py predict / export: trainer/predict.py, trainer/export.py
+cli.add_command(export_command)
 
 if __name__ == "__main__":
     cli()

@@ -27,3 +27,6 @@ class ClipError(DataError, ValueError):
     """A clip's frame count or frame size cannot be sampled or cropped (zero frames, a zero-sized frame, a
     crop larger than the frame). Also a ``ValueError``, which these pure functions raised before."""
 
+
+class SourceError(DataError):
+    """A prediction input (video file, frame folder, shard split, live stream) cannot be read at all."""

@@ -13,7 +13,10 @@ Stages (each reuses what a previous run left, so running it again only redoes wh
    model with ``--temporal none`` (a TSN: per-frame features averaged over time, so it cannot tell a motion
    from its reverse);
 4. score both with ``train.py test`` (2 clips per video) on the validation split;
-5. print a report (val top-1/top-5 of both models side by side, per-class and per-pair accuracy, clips/s,
+5. predict with ``train.py predict`` and the ACTION run on a generated long video of gestures one after another
+   (``tools/demo_predict.py``): the windows' top-1 against the known gestures, an annotated video and a timeline
+   under ``RUNS/predict/``;
+6. print a report (val top-1/top-5 of both models side by side, per-class and per-pair accuracy, clips/s,
    data-wait fraction, stage times) and write ``RUNS/report.json`` and ``RUNS/curves.png`` (training loss
    and val top-1 of both models).
 
@@ -281,6 +284,9 @@ def main(raw, data, runs, clips_per_class, val_per_class, frame_size, arch, size
             t0 = time.perf_counter()
             results[name]["test"] = test_model(name, runs_p / name, test_clips, logs)
             times[f"test_{name}"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        predicted = predict_stage(runs_p, logs, frame_size, seed)
+        times["predict"] = time.perf_counter() - t0
     except DemoError as e:
         raise click.ClickException(str(e)) from None
 
@@ -291,13 +297,26 @@ def main(raw, data, runs, clips_per_class, val_per_class, frame_size, arch, size
     plot_curves(results, runs_p / "curves.png", title)
     for r in results.values():
         r["pairs"] = pair_accuracy(r["test"].get("per_class", {}), classes)
-    report = {"results": results, "seconds": times, "reused": reused, "total_seconds": total, "classes": classes,
+    report = {"results": results, "predict": predicted, "seconds": times, "reused": reused, "total_seconds": total,
+              "classes": classes,
               "config": {"arch": arch, "size": size, "segments": segments, "epochs": epochs, "batch_size": batch_size,
                          "lr": lr, "lr_steps": lr_steps, "clips_per_class": clips_per_class}}
     from common.files import atomic_write
 
     atomic_write(runs_p / "report.json", json.dumps(report, indent=1) + "\n")
     click.echo(render(report, runs))
+
+
+def predict_stage(runs_p: Path, logs: Path, frame_size: str, seed: int) -> dict:
+    """After the tests: ``train.py predict`` with the ACTION run on a generated long video of gestures one after
+    another (tools/demo_predict.py): windows' top-1 against the known gestures, annotated video, timeline."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from tools.demo_predict import predict_long_video
+
+    click.echo("[4/5] predicting on a generated long video (train.py predict)", err=True)
+    w, h = (int(v) for v in frame_size.lower().split("x"))
+    return predict_long_video(_run, runs_p, runs_p / "action", logs, frame_size=(w, h), seed=seed)
 
 
 def render(report: dict, runs: str) -> str:
@@ -322,6 +341,11 @@ def render(report: dict, runs: str) -> str:
     idx = {n: str(i) for i, n in enumerate(classes)}
     if "Stop Sign" in idx:
         row("  no motion (Stop Sign)", lambda r: _fmt(r["test"].get("per_class", {}).get(idx["Stop Sign"]), ".1f", " %"))
+    pr = report.get("predict")
+    if pr:
+        lines.append(f"{'long video, windows top-1':{w}}{_fmt(pr['window_top1'], '.1f', ' %'):>16}   "
+                     f"({pr['scored_windows']} windows inside a gesture of {pr['windows']}; {pr['gestures']} "
+                     f"gestures, {pr['seconds_of_video']:.0f} s; {pr['annotated']})")
     t = report["seconds"]
     reused = report.get("reused", [])
     lines += ["", "time: " + ", ".join(f"{k} {v:.0f} s" + (" (earlier run)" if k in reused else "")

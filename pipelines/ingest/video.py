@@ -129,8 +129,12 @@ def _why(e: BaseException) -> str:
 
 def probe(raw: str, rel: str) -> VideoInfo:
     """Stat and open ``RAW/rel`` and read its container header (no frame is decoded). Raises FrameError."""
-    path = os.path.join(raw, rel)
     _inside(raw, rel)
+    return probe_file(os.path.join(raw, rel), rel)
+
+
+def probe_file(path: str, rel: str) -> VideoInfo:
+    """:func:`probe` of any ``path`` (no dataset tree to stay inside); ``rel`` is what the info records."""
     try:
         st = os.stat(path)
     except OSError as e:
@@ -262,6 +266,17 @@ def _frames(path: str, container, clip: VideoClip):
         raise bad(FrameError, path, f"truncated: the container declares {clip.info.duration:.3f} s, "
                                     f"{n} frames ({got:.3f} s) could be decoded", "re-download the file")
     yield end - first, None
+
+
+def decode_timed(path: str):
+    """Every decoded frame of the video at ``path`` as ``(seconds, av.VideoFrame)`` in presentation order, times
+    from the first frame, then ``(end, None)``. Raises FrameError up front (missing, zero-byte, not a video) or
+    after the frames that decoded (a decode error, or fewer frames / a shorter duration than the container
+    declares: a truncated file); the message names the file."""
+    info = probe_file(path, path)
+    clip = VideoClip(key=path, label=-1, files=(path,), sizes=(0,), mtimes=(0, 0), info=info, decode=Decode())
+    with _open(path) as c:
+        yield from _frames(path, c, clip)
 
 
 def read_clip(raw: str, clip: VideoClip) -> tuple[list[bytes], int, int]:
