@@ -9,7 +9,7 @@ CLASSES = ["Swiping Left", "Swiping Right", "Stop Sign"]
 
 
 def make_checkpoint(path: Path, *, arch: str = "resnet18", temporal: str = "action", num_segments: int = 4,
-                    size: int = 32, classes=CLASSES, seed: int = 0, spread: float = 0.05) -> Path:
+                    size: int = 32, classes=CLASSES, seed: int = 0, spread: float = 0.01) -> Path:
     """A checkpoint as train.py writes it (format, config, classes, model) for a tiny model whose weights are
     perturbed by ``spread`` so that its logits are far from zero (a fresh model's are ~0 in eval mode)."""
     import torch

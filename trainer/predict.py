@@ -94,8 +94,8 @@ def load_model(path: str, device) -> Loaded:
         raise PredictError(str(e).splitlines()[0]) from None
     except RuntimeError as e:  # mis-shaped tensors
         detail = [ln.strip() for ln in str(e).splitlines() if ln.strip()][-1][:160]
-        raise PredictError(f"{path}: its weights do not fit the {cfg.arch}/{cfg.temporal} model of its own "
-                           f"config with {len(classes)} classes ({detail})") from None
+        raise PredictError(f"{path}: weights of another model: they do not fit the {cfg.arch}/{cfg.temporal} "
+                           f"model of its own config with {len(classes)} classes ({detail})") from None
     if missing or unexpected:
         raise PredictError(f"{path}: weights of another model: {len(missing)} parameters of the {cfg.arch}/"
                            f"{cfg.temporal} model are missing, {len(unexpected)} unknown (first: "

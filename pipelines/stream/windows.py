@@ -138,6 +138,8 @@ class WindowSampler:
 
         px = self._cache.get(f.index)
         if px is None:
-            rgb = np.ascontiguousarray(f.rgb())
+            rgb = f.rgb()
+            if not (rgb.flags.c_contiguous and rgb.flags.writeable):  # torch.from_numpy wants a writable array
+                rgb = np.array(rgb, order="C")
             px = self._cache[f.index] = run_plan_torch(rgb[None], self.plan(1, rgb.shape[:2]))[0]
         return px
