@@ -6,6 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 FFCV_STAMP := $(VENV)/.ffcv-installed
+EXPORT_STAMP := $(VENV)/.export-installed
 FFCV_APT := libopencv-dev libturbojpeg0-dev
 
 DATASET ?= egogesture
@@ -64,6 +65,14 @@ $(FFCV_STAMP): $(STAMP) pyproject.toml requirements.txt constraints/ffcv-build.t
 
 setup-ffcv: $(FFCV_STAMP) ## install the optional FFCV backend (apt libs if missing + the ffcv extra; idempotent)
 
+# ONNX export/runtime (optional): the `export` extra, the pinned stack kept as it is (constraints = requirements.txt)
+$(EXPORT_STAMP): $(STAMP) pyproject.toml
+	sed 's/\[[^]]*\]//' requirements.txt > $(VENV)/.pins.txt
+	PIP_CONSTRAINT="$(abspath $(VENV))/.pins.txt" $(PIP) install -q --no-build-isolation -e '.[export]'
+	@touch $@
+
+setup-export: $(EXPORT_STAMP) ## install the optional ONNX extra (onnxruntime, onnx, onnxscript; idempotent)
+
 test: $(STAMP) ## run the test suite (fast fault subset included)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
@@ -112,6 +121,9 @@ demo: $(STAMP) ## the whole product on a generated dataset on CPU: generate, con
 bench-model: $(STAMP) ## ACTION module cost: optimised vs the official formulation (CPU)
 	$(PY) bench/bench_model.py --out bench/results
 	$(PY) tools/bench_report.py
+
+bench-predict: $(EXPORT_STAMP) ## predict windows/s (R18/R50/MobileNetV2-ACTION, PyTorch vs ONNX Runtime) + online latency
+	$(PY) bench/bench_predict.py --out bench/results
 
 bench-remote: $(STAMP) ## shards on S3 (moto on 127.0.0.1): first batch + clips/s, cold/warm cache and direct vs local
 	$(PY) bench/bench_remote.py --out bench/results

@@ -287,7 +287,10 @@ def run_predict(checkpoint: str, inputs: tuple, *, out: str | None, opts: Option
                     click.echo(f"error: {e}", err=True)
                     status = 1
                     continue
-                emit({"kind": "segments", "source": src.name, "segments": predict_out.segments(res["records"])})
+                rec = {"kind": "segments", "source": src.name, "segments": predict_out.segments(res["records"])}
+                if src.live:
+                    rec["skipped_windows"] = res["skipped"]
+                emit(rec)
                 if src.stopped:
                     click.echo(f"warning: {src.stopped}", err=True)
                     status = 1 if strict or src.live else status

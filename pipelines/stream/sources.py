@@ -133,7 +133,7 @@ class LiveStream(Source):
     def _open(self):
         import av
 
-        opts = {"probesize": "32768", "analyzeduration": "0", "fflags": "nobuffer"}
+        opts = {"probesize": "32768", "analyzeduration": "0"}  # start on the first packets (no fflags=nobuffer: it loses frames)
         if self.name == "-":
             import sys
             return av.open(sys.stdin.buffer, "r", options=opts)
