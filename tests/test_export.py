@@ -53,7 +53,7 @@ def test_export_matches_pytorch_on_any_batch(tmp_path, ckpt, fmt):
 def test_max_rel_diff_is_relative_to_the_logits_scale():
     ref = torch.tensor([[100.0, -50.0], [3.0, 0.0]])
     assert max_rel_diff(ref, ref) == 0.0
-    assert max_rel_diff(ref, ref + torch.tensor([[0.0, 0.02], [0.0, 0.0]])) == pytest.approx(2e-4)
+    assert max_rel_diff(ref, ref + torch.tensor([[0.0, 0.02], [0.0, 0.0]])) == pytest.approx(2e-4, rel=1e-3)
     assert max_rel_diff(ref * 1e-10, ref * 1e-10 + 1e-12) > TOLERANCE  # an absolute bound would pass this
 
 
