@@ -39,6 +39,11 @@ def test_demo_end_to_end_and_rerun_reuses(tmp_path):
         cfg = json.loads((tmp_path / "runs" / name / "config.json").read_text())
         assert cfg["temporal"] == name and cfg["arch"] == "resnet18" and cfg["num_segments"] == 2
     assert (tmp_path / "runs" / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    pr = rep["predict"]  # train.py predict on the generated long video: 9 gestures x 2, scored windows
+    assert pr["gestures"] == 18 and pr["windows"] == pr["scored_windows"] + pr["transition_windows"] > 0
+    assert 0.0 <= pr["window_top1"] <= 100.0 and rep["seconds"]["predict"] > 0
+    for name in ("timeline.png", "annotated.mp4", "predictions.jsonl", "truth.json"):
+        assert (tmp_path / "runs" / "predict" / name).stat().st_size > 0
     assert "val top-1 (1 clip)" in p.stdout and "left / right" in p.stdout
     first = rep["seconds"]
     assert first["train_action"] > 0 and first["train_none"] > 0

@@ -22,7 +22,7 @@ import numpy as np
 
 FPS = 12  # the long video's frame rate: a 12-16 frame gesture lasts 1.0-1.33 s
 WINDOW_S, STRIDE_S = 1.0, 0.25
-INSIDE = 0.75
+INSIDE = 0.9  # at 12 fps a 1 s window may hold one frame of a neighbouring gesture
 
 
 def long_video(path: Path, *, repeats: int = 2, frame_size: tuple[int, int] = (96, 72), seed: int = 0,
