@@ -40,6 +40,7 @@ def _checkpoint(arch: str, folder: Path) -> Path:
     torch.manual_seed(0)
     model = build_model(arch=arch, num_classes=CLASSES, num_segments=T, temporal="action")
     cfg = Config(dataset="jester", data="bench", arch=arch, num_segments=T, size=SIZE, run_dir=str(folder))
+    folder.mkdir(parents=True, exist_ok=True)
     Checkpointer(folder, True).save({"model": model.state_dict(), "config": cfg.to_json(),
                                      "classes": [f"class {i}" for i in range(CLASSES)]})
     return folder / "last.pt"
