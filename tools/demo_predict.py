@@ -91,6 +91,10 @@ def predict_long_video(run_cmd, runs: Path, run_dir: Path, logs: Path, *, frame_
             logs / "predict.log", "predicting")
     recs = [json.loads(ln) for ln in jsonl.read_text(encoding="utf-8").splitlines() if ln.strip()]
     windows = [r for r in recs if r["kind"] == "window"]
+    from trainer.predict_out import plot_timeline  # the command's chart again, with the truth band under it
+
+    plot_timeline(windows, str(out / "timeline.png"), truth=truth, title=f"train.py predict on {video.name} "
+                  f"({len(truth)} gestures, windows of {WINDOW_S:g} s every {STRIDE_S:g} s)")
     return {"video": str(video), "gestures": len(truth), "seconds_of_video": truth[-1]["end_s"],
             "window_s": WINDOW_S, "stride_s": STRIDE_S, **score(windows, truth),
             "annotated": str(out / "annotated.mp4"), "timeline": str(out / "timeline.png"),

@@ -123,7 +123,9 @@ def plot_timeline(records: list[dict], path: str, *, title: str = "", truth: lis
         for c in r["top"]:
             best[c["label"]] = max(best.get(c["label"], 0.0), c["prob"])
     names = sorted(best, key=lambda n: -best[n])[:top]
-    colours = {n: plt.get_cmap("tab10")(i % 10) for i, n in enumerate(names)}
+    shown = names + [n for n in dict.fromkeys([s["label"] for s in segments(records)] +
+                                              [s["label"] for s in truth or []]) if n not in names]
+    colours = {n: plt.get_cmap("tab20")(i % 20) for i, n in enumerate(shown)}
     fig, (ax, bands) = plt.subplots(2, 1, figsize=(10, 4.2), sharex=True, gridspec_kw={"height_ratios": [4, 1]})
     xs = [(r["start_s"] + r["end_s"]) / 2 for r in records]
     for n in names:
