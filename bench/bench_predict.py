@@ -146,7 +146,9 @@ def plot(report: dict, path: Path) -> None:
         for xi, v in zip(x, vals):
             a.text(xi + (k - 0.5) * 0.38, v, f"{v:.1f}", ha="center", va="bottom", fontsize=8)
     a.set_xticks(x, [f"{r['arch']}-ACTION" for r in rows])
-    a.set(ylabel="windows/s (8x224^2)", title=f"offline, batch {rows[0]['batch']}, {os.cpu_count()} CPU cores")
+    load = max(r["load_before"] for r in rows)
+    a.set(ylabel="windows/s (8x224^2)", title=f"offline, batch {rows[0]['batch']}, {report['host']['cpus']} CPU "
+                                               f"cores (shared: load average up to {load:.1f})")
     a.legend()
     for r in report["online"]:
         lat = np.sort(r["latency_ms"])
