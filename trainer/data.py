@@ -7,6 +7,8 @@
 * :class:`SyntheticLoader` -- random clips already on the device (the model-bound ceiling).
 * :class:`ClipRecorder` -- ``record_clips``: the clip indices of every step a rank trains, host-side.
 * :func:`check` -- what ``train.py validate`` checks before any process starts.
+* :func:`prediction_sources`, :func:`windows`, :func:`window_sampler` -- `train.py predict`'s inputs
+  (:mod:`pipelines.stream`); :func:`input_spec` -- what an exported model's runtime must do to a window.
 """
 from __future__ import annotations
 
@@ -151,3 +153,36 @@ class ClipRecorder:
 
     def close(self) -> None:
         self.file.close()
+
+
+# ------------------------------------------------------------------------------------------------ prediction inputs
+def prediction_sources(spec: str, *, fps: float | None, online: bool, reconnect: int) -> list:
+    """The frame sources of one `train.py predict` INPUT (:func:`pipelines.stream.sources.open_inputs`)."""
+    from pipelines.stream.sources import open_inputs
+    return open_inputs(spec, fps=fps, online=online, reconnect=reconnect)
+
+
+def windows(window_s: float, stride_s: float):
+    """Sliding windows over a frame stream (:class:`pipelines.stream.windows.Windower`)."""
+    from pipelines.stream.windows import Windower
+    return Windower(window_s, stride_s)
+
+
+def window_sampler(cfg: Config):
+    """Window -> uint8 clip sampled as ``cfg``'s model was tested (:class:`pipelines.stream.windows.WindowSampler`)."""
+    from pipelines.stream.windows import WindowSampler
+    return WindowSampler(cfg.dataset, cfg.num_segments, cfg.size)
+
+
+def data_error() -> type:
+    """The data side's error base class (a bad input: one line naming the file)."""
+    from pipelines.errors import DataError
+    return DataError
+
+
+def input_spec(cfg: Config) -> dict:
+    """What a runtime needs to prepare windows for ``cfg``'s model: the preset's mean/std and eval geometry."""
+    from pipelines.plan import presets
+    p = presets.get(cfg.dataset)
+    return {"mean": list(p.mean), "std": list(p.std), "eval_resize": p.eval_resize,
+            "eval_center_crop": p.eval_center_crop}

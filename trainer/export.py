@@ -96,7 +96,7 @@ def run_export(checkpoint: str, fmt: str, out: str, *, batch: int = 2, check_bat
     """Export ``checkpoint`` to ``out`` and check it (see the module docstring); the JSON-able result."""
     import torch
 
-    from pipelines.plan import presets
+    from trainer.data import input_spec
     from trainer.predict import load_model
 
     if fmt == "onnx":
@@ -118,11 +118,9 @@ def run_export(checkpoint: str, fmt: str, out: str, *, batch: int = 2, check_bat
         ref = model(x)
     got = run_exported(fmt, out, x)
     diff = max_rel_diff(ref, got)
-    preset = presets.get(cfg.dataset)
     meta = {"format": fmt, "checkpoint": str(checkpoint), "classes": loaded.classes, "dataset": cfg.dataset,
             "arch": cfg.arch, "temporal": cfg.temporal, "num_segments": cfg.num_segments, "size": cfg.size,
-            "input": "float32 (batch, num_segments, 3, size, size), normalised", "mean": list(preset.mean),
-            "std": list(preset.std), "eval_resize": preset.eval_resize, "eval_center_crop": preset.eval_center_crop}
+            "input": "float32 (batch, num_segments, 3, size, size), normalised", **input_spec(cfg)}
     from common.files import atomic_write_json
 
     atomic_write_json(Path(f"{out}.json"), meta)

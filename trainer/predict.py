@@ -194,9 +194,9 @@ class Options:
 def predict_source(src, sampler, runner, classes: list, opts: Options, emit, annotate=None) -> dict:
     """Predict every window of ``src``: ``emit(record)`` per window in time order; returns counts and the
     records (``{"records", "skipped", "latency_ms"}``)."""
-    from pipelines.stream.windows import Windower
+    from trainer.data import windows
 
-    win, pending, records, lat, skipped = Windower(opts.window_s, opts.stride_s), [], [], [], 0
+    win, pending, records, lat, skipped = windows(opts.window_s, opts.stride_s), [], [], [], 0
     topk = min(opts.topk, len(classes))
 
     def flush():
@@ -251,10 +251,7 @@ def run_predict(checkpoint: str, inputs: tuple, *, out: str | None, opts: Option
     ``strict``, stopped early)."""
     import torch
 
-    from pipelines.errors import DataError
-    from pipelines.stream.sources import open_inputs
-    from pipelines.stream.windows import WindowSampler
-    from trainer import predict_out
+    from trainer import data, predict_out
 
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        ("cpu" if device == "auto" else device))
@@ -269,17 +266,17 @@ def run_predict(checkpoint: str, inputs: tuple, *, out: str | None, opts: Option
         fh.write(json.dumps(rec) + "\n")
         fh.flush()
 
-    status = 0
+    status, DataError = 0, data.data_error()
     try:
         for spec in inputs:
             try:
-                sources = open_inputs(spec, fps=fps, online=online, reconnect=reconnect)
+                sources = data.prediction_sources(spec, fps=fps, online=online, reconnect=reconnect)
             except DataError as e:
                 click.echo(f"error: {e}", err=True)
                 status = 1
                 continue
             for src in sources:
-                sampler = WindowSampler(cfg.dataset, cfg.num_segments, cfg.size)
+                sampler = data.window_sampler(cfg)
                 ann = predict_out.Annotator(video_out) if video_out else None
                 try:
                     res = predict_source(src, sampler, runner, loaded.classes, opts, emit, ann)
