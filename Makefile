@@ -111,7 +111,7 @@ train: validate ## DDP training: make train DATASET=jester GPUS=0,1,2,3 [BACKEND
 	  --nproc_per_node=$(NPROC) train.py train --dataset $(DATASET) --data $(DATA) --backend $(BACKEND) --run-dir $(RUN) $(ARGS)
 
 profile: $(STAMP) ## loader clips/s: folder vs torch vs dali vs decode ceiling on a generated 320x240 tree
-	$(PY) tools/profile_loader.py --generate data/profile --backends folder,torch,torch:torch,torch:exact,dali --batch-size 8 \
+	$(PY) tools/profile_loader.py --generate data/profile --backends folder,torch,torch:reference,torch:pil,dali --batch-size 8 \
 	  --batches 30 --workers 2 --json bench/results/profile_loader.json --plot bench/results/profile_loader.png
 	$(PY) tools/bench_report.py
 

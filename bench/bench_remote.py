@@ -17,7 +17,7 @@ Time to the first batch counts everything from "open the dataset" (download incl
 hand; steady clips/s is measured over the rest of the epoch; all modes run ``--rounds`` times in turn (the
 machine is shared) and the best of each is charted, every run is in the JSON. Every run's first batch must equal
 the local one's (same seed, same shards). ``direct`` goes through ``build_loader`` too, with the reader that
-``remote.open_split`` returns for ``cache_dir="none"`` wrapped to count its range requests.
+``remote.open_shards`` returns for ``cache_dir="none"`` wrapped to count its range requests.
 The S3 server is a Python process on the same machine: its per-request CPU cost, not network latency, is what
 the direct mode pays here. Results: ``OUT/bench_remote.json`` and ``OUT/bench_remote.png``.
 """
@@ -71,8 +71,8 @@ def run_mode(mode: str, *, local: str, uri: str, cache_dir: str, loader_kw: dict
     else:
         rds = _counted(RemoteShardDataset)(uri, "train", threads=threads, gap=1 << 30 if mode == "direct-1req" else 0)
         rds.requests.clear()  # count only the frame reads, not the index
-        # the loader opens remote splits through remote.open_split: hand it this instrumented reader
-        data, patch = uri, mock.patch.object(remote, "open_split", lambda *a, **k: rds)
+        # the loader opens remote splits through remote.open_shards: hand it this instrumented reader
+        data, patch = uri, mock.patch.object(remote, "open_shards", lambda *a, **k: rds)
     t_open = time.perf_counter() - t0
     with patch:
         loader = pipelines.build_loader(data, "train", **loader_kw)

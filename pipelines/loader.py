@@ -26,23 +26,22 @@ A loader is built once per run and reused across epochs (persistent workers, buf
 
 Backend plug-in contract (``pipelines/backends/<name>.py``, named in :data:`pipelines.backends.BACKENDS`)::
 
-    build_<name>_loader(spec: LoaderSpec, **spec.options) -> a pipelines.backends.base.Loader subclass
+    build_<name>_loader(spec: LoaderSpec) -> a pipelines.backends.base.Loader subclass
 
-Backend-specific options travel in ``spec.options``; an unknown one is a TypeError from the builder.
+Backend-specific options travel in ``spec.options``, the backend's typed options object
+(:mod:`pipelines.backends.options`: ``TorchOptions``, ``DaliOptions``, ``FfcvOptions``, ``FolderOptions``),
+validated when the spec is made; an unknown keyword is a TypeError there.
 """
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields
-from types import MappingProxyType
+from dataclasses import dataclass, fields
 from typing import Any, Mapping, NamedTuple
 
+from pipelines.backends.options import ON_BAD, OPTIONS, options_for
 from pipelines.plan.clip import MODES
-
 from pipelines.plan.planner import Planner
 from pipelines.shards.api import ShardReader
-
-ON_BAD = ("raise", "replace")
 
 
 @dataclass(frozen=True)
@@ -70,7 +69,13 @@ class LoaderSpec:
         raw: raw dataset root (``folder`` backend).
         cache_dir, cache_max_gb: for remote data (``s3://`` ...): the node-local shard cache (``"auto"``: under
             the user's cache directory; ``"none"``: read directly by range requests) and its size limit (0: none).
-        options: backend-specific keywords (see each backend's builder).
+        remote_threads, remote_gap: remote data: range requests in flight per process (shard downloads use at
+            most 8 of them), and (``cache_dir="none"``) the byte gap up to which frames of a clip are read by one
+            request (:class:`pipelines.shards.direct.RemoteShardDataset`).
+        remote_connect_s, remote_request_s, remote_attempts: S3 connect / stalled-request timeouts in seconds
+            and tries (:func:`pipelines.shards.storage.resolve`).
+        options: the backend's options object (:mod:`pipelines.backends.options`); None: its defaults; a mapping
+            of keywords is turned into it.
     """
 
     data: str
@@ -94,7 +99,12 @@ class LoaderSpec:
     raw: str | None = None
     cache_dir: str = "auto"
     cache_max_gb: float = 0.0
-    options: Mapping[str, Any] = field(default_factory=dict)
+    remote_threads: int = 16
+    remote_gap: int = 0
+    remote_connect_s: float = 3.0
+    remote_request_s: float = 10.0
+    remote_attempts: int = 3
+    options: Any = None
 
     def __post_init__(self):
         def put(name, value):
@@ -104,8 +114,10 @@ class LoaderSpec:
         put("raw", None if self.raw is None else os.fspath(self.raw))
         put("device", str(self.device))
         for name in ("batch_size", "num_segments", "size", "rank", "world", "workers", "seed", "test_clips",
-                     "test_crops"):
+                     "test_crops", "remote_threads", "remote_gap", "remote_attempts"):
             put(name, int(getattr(self, name)))
+        for name in ("cache_max_gb", "remote_connect_s", "remote_request_s"):
+            put(name, float(getattr(self, name)))
         put("flip", bool(self.flip))
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
@@ -115,16 +127,40 @@ class LoaderSpec:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if not 0 <= self.rank < self.world:
             raise ValueError(f"rank {self.rank} is not in [0, world={self.world})")
+        if self.remote_threads < 1 or self.remote_gap < 0 or self.remote_attempts < 1:
+            raise ValueError(f"remote_threads and remote_attempts must be >= 1 and remote_gap >= 0, got "
+                             f"{self.remote_threads}, {self.remote_attempts}, {self.remote_gap}")
+        if min(self.remote_connect_s, self.remote_request_s) <= 0:
+            raise ValueError(f"remote timeouts must be > 0 s, got {self.remote_connect_s}, {self.remote_request_s}")
         put("drop_last", self.mode == "train" if self.drop_last is None else bool(self.drop_last))
-        put("options", MappingProxyType(dict(self.options)))
+        put("options", self._typed_options(self.options))
+
+    def _typed_options(self, options):
+        if options is None or isinstance(options, Mapping):
+            return options_for(self.backend, **dict(options or {}))
+        want = OPTIONS.get(self.backend)
+        if type(options) is not want:
+            raise TypeError(f"backend {self.backend!r} takes {want.__name__ if want else 'no'} options, "
+                            f"got {type(options).__name__}")
+        return options
+
+    @property
+    def timeouts(self) -> dict:
+        """The S3 timeouts in :func:`pipelines.shards.storage.resolve`'s form."""
+        return {"connect": self.remote_connect_s, "request": self.remote_request_s, "attempts": self.remote_attempts}
 
     @classmethod
     def of(cls, data, split: str, **kw) -> "LoaderSpec":
-        """A spec from keywords: the spec's fields by name, everything else into ``options``."""
+        """A spec from keywords: the spec's fields by name, everything else is an option of the backend (a
+        TypeError naming it if the backend has no such option)."""
         names = {f.name for f in fields(cls)} - {"data", "split", "options"}
-        opts = dict(kw.pop("options", {}))
-        opts.update({k: kw.pop(k) for k in list(kw) if k not in names})
-        return cls(data=data, split=split, options=opts, **kw)
+        given = kw.pop("options", None)
+        opts = {k: kw.pop(k) for k in list(kw) if k not in names}
+        if given is not None and not isinstance(given, Mapping):
+            if opts:
+                raise TypeError(f"LoaderSpec.of: options {sorted(opts)} given besides an options object")
+            return cls(data=data, split=split, options=given, **kw)
+        return cls(data=data, split=split, options={**dict(given or {}), **opts}, **kw)
 
 
 class OpenSplit(NamedTuple):
@@ -138,12 +174,14 @@ def open_split(spec: LoaderSpec, *, verify: bool = False) -> OpenSplit:
     """Open ``spec.split`` of ``spec.data`` and build its :class:`Planner` for (rank, world).
 
     Local data is read in place; remote data (``s3://`` ...) through the node-local cache or by range requests,
-    as ``spec.cache_dir`` / ``spec.cache_max_gb`` say (:func:`pipelines.shards.cache.open_split`)."""
+    as ``spec.cache_dir`` / ``spec.cache_max_gb`` / ``spec.remote_*`` say
+    (:func:`pipelines.shards.cache.open_shards`)."""
     from pipelines.shards import cache as remote
 
     cache = {"auto": remote.DEFAULT, "none": None}.get(spec.cache_dir, spec.cache_dir)
-    shards = remote.open_split(spec.data, spec.split, cache_dir=cache, max_gb=spec.cache_max_gb or None,
-                               verify=verify)
+    shards = remote.open_shards(spec.data, spec.split, cache_dir=cache, max_gb=spec.cache_max_gb or None,
+                                threads=spec.remote_threads, gap=spec.remote_gap, timeouts=spec.timeouts,
+                                verify=verify)
     planner = Planner(shards.metadata(), dataset=shards.dataset, classes=shards.classes, mode=spec.mode,
                       batch_size=spec.batch_size, num_segments=spec.num_segments, size=spec.size, rank=spec.rank,
                       world=spec.world, seed=spec.seed, flip=spec.flip, test_clips=spec.test_clips,
@@ -165,7 +203,7 @@ def build_loader(spec: LoaderSpec | str | os.PathLike, split: str | None = None,
         spec = LoaderSpec.of(spec, split, **kw)
     elif split is not None or kw:
         raise TypeError("build_loader(spec) takes no other arguments (put options in spec.options)")
-    loader = backends.get(spec.backend)(spec, **spec.options)
+    loader = backends.get(spec.backend)(spec)
     if epoch:
         loader.set_epoch(epoch)
     return loader

@@ -63,11 +63,11 @@ def test_cuda_delivery_is_bit_identical_to_cpu_delivery(data, mode, split):
 @pytest.mark.parametrize("mode, split", [("train", "train"), ("val", "val")])
 def test_nvjpeg_decode_path_matches_cpu_decode(data, mode, split):
     """decode_device="cuda": workers ship bytes, torchvision's batched nvJPEG decodes, the plans resample on the GPU.
-    Same resampling order on both sides (``resample="torch"``), so the difference is the decoder: nvJPEG upsamples
+    Same resampling order on both sides (``resample="reference"``), so the difference is the decoder: nvJPEG upsamples
     chroma without libjpeg-turbo's "fancy" (triangular) filter, a few levels on average and large only on sharp
     colour edges. Measured on an H200 (torchvision 0.26, 176x100 frames): mean 1.2 (val), p99 18, max 92 -- the
     train figures then also held the fused-vs-two-step resize difference (mean 1.96, p99 23)."""
-    kw = dict(mode=mode, batch_size=3, num_segments=T, size=SIZE, seed=7, workers=2, resample="torch")
+    kw = dict(mode=mode, batch_size=3, num_segments=T, size=SIZE, seed=7, workers=2, resample="reference")
     ref = _all(build_loader(data, split, backend="torch", device="cpu", **kw))
     got = _all(build_loader(data, split, backend="torch", device="cuda", decode_device="cuda", **kw))
     assert got[0].shape == ref[0].shape and torch.equal(got[1], ref[1])

@@ -131,12 +131,12 @@ def test_folder_and_torch_backends_agree(jester, mode, extra):
     kw = dict(mode=mode, batch_size=4, num_segments=T, size=SIZE, workers=0, seed=11, flip=mode == "train", **extra)
     folder = cat(list(build_loader(jester["out"], mode, backend="folder", raw=jester["raw"], **kw)))
     exact = cat(list(build_loader(jester["out"], mode, backend="torch", resample="pil", **kw)))
-    alias = cat(list(build_loader(jester["out"], mode, backend="torch", resample="exact", workers=2,
-                                  **{k: v for k, v in kw.items() if k != "workers"})))
-    fast = cat(list(build_loader(jester["out"], mode, backend="torch", resample="torch", **kw)))
+    threads = cat(list(build_loader(jester["out"], mode, backend="torch", resample="pil", workers=2,
+                                    **{k: v for k, v in kw.items() if k != "workers"})))
+    fast = cat(list(build_loader(jester["out"], mode, backend="torch", resample="reference", **kw)))
     # same decoder (libjpeg-turbo) and the same PIL resampling: bit-identical
     assert torch.equal(folder[0], exact[0]) and torch.equal(folder[1], exact[1])
-    assert torch.equal(folder[0], alias[0]) and torch.equal(folder[1], alias[1])
+    assert torch.equal(folder[0], threads[0]) and torch.equal(folder[1], threads[1])
     # torch's uint8 antialiased bilinear vs PIL: stated tolerance
     d = (folder[0].int() - fast[0].int()).abs()
     assert torch.equal(folder[1], fast[1])
@@ -160,7 +160,7 @@ def test_default_auto_resample_tolerance(jester, mode, extra):
     twice = torch.tensor([[decode.resamples_twice(p) for p in ps] for ps in plans])
     if twice.any():  # Jester train: a blur less and <= 1/2 source pixel of shift; measured mean 2.3 here
         assert mode == "train" and d6[twice].float().mean() < 4
-    if (~twice).any():  # one resample: as resample="torch"
+    if (~twice).any():  # one resample: as resample="reference"
         assert d6[~twice].max() <= 2 and d6[~twice].float().mean() < 0.05
     assert (mode == "train") == bool(twice.any())
 
@@ -352,7 +352,7 @@ def test_import_is_lazy():
 def test_fused_resample_tolerance(jester):
     kw = dict(mode="train", batch_size=4, num_segments=T, size=SIZE, workers=0, seed=11)
     ref = cat(list(build_loader(jester["out"], "train", backend="torch", resample="pil", **kw)))
-    fused = cat(list(build_loader(jester["out"], "train", backend="torch", resample="fused", **kw)))
+    fused = cat(list(build_loader(jester["out"], "train", backend="torch", resample="once", **kw)))
     assert torch.equal(ref[1], fused[1])
     # one resampling instead of two, window rounded to whole source pixels: an approximation, stated here
     assert (ref[0].float() - fused[0].float()).abs().mean() < 4
@@ -466,12 +466,14 @@ def test_start_at_batch_k_decodes_only_batches_k_to_n(jester, monkeypatch, backe
 def test_loader_spec_is_frozen_and_validated(jester):
     from pipelines.loader import LoaderSpec
 
+    from pipelines.backends.options import TorchOptions
+
     spec = LoaderSpec.of(jester["out"], "val", mode="val", batch_size=2, resample="pil")
-    assert spec.options == {"resample": "pil"} and spec.drop_last is False and spec.device == "cpu"
+    assert spec.options == TorchOptions(resample="pil") and spec.drop_last is False and spec.device == "cpu"
     with pytest.raises(AttributeError):
         spec.batch_size = 3
-    with pytest.raises(TypeError, match="unexpected keyword"):
-        build_loader(LoaderSpec.of(jester["out"], "val", no_such_option=1))
+    with pytest.raises(TypeError, match="torch backend: unknown option.s. no_such_option"):
+        LoaderSpec.of(jester["out"], "val", no_such_option=1)
     with pytest.raises(ValueError, match="rank 2 is not in"):
         LoaderSpec(jester["out"], "val", rank=2, world=2)
     with pytest.raises(ValueError, match="on_bad"):

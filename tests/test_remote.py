@@ -56,7 +56,7 @@ def shard_gets(requests, name="shard-") -> dict:
 def test_direct_mode_reads_every_frame_as_the_local_reader(remote_ds):
     local_dir, uri = remote_ds
     local = ShardDataset(local_dir, "train")
-    ds = remote.open_split(uri, "train", cache_dir=None)
+    ds = remote.open_shards(uri, "train", cache_dir=None)
     assert isinstance(ds, RemoteShardDataset)
     assert isinstance(ds, ShardReader) and isinstance(local, ShardReader)  # the one reader interface
     for reader in (ds, local):  # one offsets reader: the same range check
@@ -149,7 +149,7 @@ def test_direct_clip_read_moves_only_its_frames_bytes(s3_server, tmp_path):
 def test_local_paths_pass_through_without_a_copy(tmp_path):
     write_split(tmp_path / "d")
     for data in (tmp_path / "d", f"file://{tmp_path / 'd'}"):
-        ds = remote.open_split(data, "train", cache_dir=tmp_path / "cache")
+        ds = remote.open_shards(data, "train", cache_dir=tmp_path / "cache")
         assert isinstance(ds, ShardDataset) and ds.root == str(tmp_path / "d")
     assert not (tmp_path / "cache").exists()
 
@@ -167,7 +167,7 @@ def test_cache_one_downloader_per_node_then_warm_cache_downloads_nothing(remote_
     assert len(set(outs)) == 1 and outs[0].startswith(str(cache))
     assert shard_gets(reqs) == {"shard-00000.arrow": 1, "shard-00001.arrow": 1}  # each shard fetched once
     with s3_server.recording() as reqs:
-        ds = remote.open_split(uri, "train", cache_dir=cache)
+        ds = remote.open_shards(uri, "train", cache_dir=cache)
     assert isinstance(ds, ShardDataset) and ds.root == outs[0]
     assert shard_gets(reqs) == {} and {r["url"].rsplit("/", 1)[1] for r in reqs} == {"manifest.json"}
     local = ShardDataset(local_dir, "train")
@@ -276,7 +276,7 @@ def test_size_limited_cache_prefetches_and_evicts_least_recently_used(s3_server,
     local = ShardDataset(local_dir, "train")
     sizes = [e["bytes"] for e in local.entries]
     max_gb = (max(sizes) * 2 + 1) / 1e9  # room for two shards
-    ds = remote.open_split(uri, "train", cache_dir=tmp_path / "cache", max_gb=max_gb)
+    ds = remote.open_shards(uri, "train", cache_dir=tmp_path / "cache", max_gb=max_gb)
     assert isinstance(ds, RemoteShardDataset)
     cache = ds.cache
 
@@ -320,7 +320,7 @@ def test_unreachable_endpoint_fails_fast_with_one_line(tmp_path):
             uri = f"s3://bkt/ds?endpoint_override=127.0.0.1:{p}&scheme=http"
             t = time.monotonic()
             with pytest.raises(ShardError) as e:
-                remote.open_split(uri, "train", cache_dir=tmp_path, timeouts={"request": 1, "attempts": 2})
+                remote.open_shards(uri, "train", cache_dir=tmp_path, timeouts={"request": 1, "attempts": 2})
             assert time.monotonic() - t < 15
             msg = str(e.value)
             assert msg.startswith("s3://bkt/ds/manifest.json: cannot reach the object store at")
@@ -333,12 +333,12 @@ def test_unreachable_endpoint_fails_fast_with_one_line(tmp_path):
 
 def test_missing_bucket_names_the_bucket(s3_server, tmp_path):
     with pytest.raises(ShardError) as e:
-        remote.open_split("s3://no-such-bucket/jester", "train", cache_dir=tmp_path)
+        remote.open_shards("s3://no-such-bucket/jester", "train", cache_dir=tmp_path)
     assert str(e.value) == ("s3://no-such-bucket/jester/manifest.json: bucket 'no-such-bucket' does not exist at this "
                             "endpoint; check the bucket name in the URI and AWS_ENDPOINT_URL")
     s3_server.bucket("empty-bucket")
     with pytest.raises(ShardError, match=r"^s3://empty-bucket/x/manifest.json: manifest not found"):
-        remote.open_split("s3://empty-bucket/x", "train", cache_dir=None)
+        remote.open_shards("s3://empty-bucket/x", "train", cache_dir=None)
 
 
 def test_missing_credentials_is_one_clear_line(s3_server, tmp_path, monkeypatch):
@@ -348,14 +348,14 @@ def test_missing_credentials_is_one_clear_line(s3_server, tmp_path, monkeypatch)
     t = time.monotonic()
     for cache_dir in (tmp_path / "cache", None):
         with pytest.raises(ShardError) as e:
-            remote.open_split("s3://shards/jester", "train", cache_dir=cache_dir)
+            remote.open_shards("s3://shards/jester", "train", cache_dir=cache_dir)
         assert str(e.value).startswith("s3://shards/jester: no S3 credentials found: set AWS_ACCESS_KEY_ID")
     assert time.monotonic() - t < 5
     (tmp_path / ".aws").mkdir()
     (tmp_path / ".aws" / "credentials").write_text("[default]\naws_access_key_id = testing\n"
                                                    "aws_secret_access_key = testing\n")
     with pytest.raises(ShardError, match="manifest not found"):  # now the request is made
-        remote.open_split(f"{s3_server.bucket('shards')}/nothing-here", "train", cache_dir=None)
+        remote.open_shards(f"{s3_server.bucket('shards')}/nothing-here", "train", cache_dir=None)
 
 
 def test_wrong_credentials_are_access_denied(s3_server, tmp_path):
@@ -365,7 +365,7 @@ def test_wrong_credentials_are_access_denied(s3_server, tmp_path):
     try:
         uri = f"s3://shards/jester?endpoint_override=127.0.0.1:{strict.port}&scheme=http"
         with pytest.raises(ShardError) as e:
-            remote.open_split(uri, "train", cache_dir=None)
+            remote.open_shards(uri, "train", cache_dir=None)
         msg = str(e.value)
         assert msg.startswith("s3://shards/jester/manifest.json: access denied (") and "ACCESS_DENIED" in msg
         assert msg.endswith("check the credentials (AWS_* variables, profile) and bucket policy")
@@ -378,9 +378,9 @@ def test_shard_missing_from_the_store(remote_ds, tmp_path):
     fs, root = storage.resolve(uri)
     fs.delete_file(f"{root}/train/shard-00000.arrow")
     with pytest.raises(ShardError, match=r"shard-00000.arrow: shard listed in the manifest is missing"):
-        remote.open_split(uri, "train", cache_dir=tmp_path)
+        remote.open_shards(uri, "train", cache_dir=tmp_path)
     with pytest.raises(ShardError, match=r"shard-00000.arrow: shard listed in the manifest is missing"):
-        remote.open_split(uri, "train", cache_dir=None)
+        remote.open_shards(uri, "train", cache_dir=None)
 
 
 # ----------------------------------------------------------------------------------------------- with the converter
@@ -393,8 +393,8 @@ def test_converted_dataset_on_s3_reads_like_the_local_conversion(make_raw, s3_se
     convert_dataset("jester", tree["root"], tmp_path / "local", splits="train,val", shard_mb=0.01)
     for split in ("train", "val"):
         local = ShardDataset(tmp_path / "local", split)
-        cached = remote.open_split(uri, split, cache_dir=tmp_path / "cache")
-        direct = remote.open_split(uri, split, cache_dir=None)
+        cached = remote.open_shards(uri, split, cache_dir=tmp_path / "cache")
+        direct = remote.open_shards(uri, split, cache_dir=None)
         assert len(local.entries) > 1 and cached.metadata()["key"] == direct.metadata()["key"] == local.metadata()["key"]
         for i in range(len(local)):
             idx = list(range(int(local.metadata()["num_frames"][i])))
@@ -432,3 +432,32 @@ def test_loaders_read_s3_shards_like_local_ones(make_raw, s3_server, tmp_path, c
         assert torch.equal(a, b) and torch.equal(al, bl)
     if cache != "none":
         assert any((tmp_path / "cache").rglob("shard-*.arrow"))
+
+
+def test_config_remote_fields_reach_the_direct_reader(make_raw, s3_server, tmp_path):
+    """--cache-dir none with --remote-gap/--remote-threads/timeouts: the trainer's loader reads by range requests
+    with exactly those settings, and yields the local shards' batches."""
+    import torch
+
+    from pipelines.ingest.convert import convert_dataset
+    from pipelines.loader import build_loader
+    from trainer import data
+    from trainer.config import make_config
+    from trainer.dist import DistInfo
+
+    tree = make_raw("jester")
+    uri = f"{s3_server.bucket('config')}/jester-{uuid.uuid4().hex[:6]}"
+    convert_dataset("jester", tree["root"], uri, splits="train", shard_mb=0.01)
+    convert_dataset("jester", tree["root"], tmp_path / "local", splits="train", shard_mb=0.01)
+    cfg = make_config({"dataset": "jester", "data": uri, "cache_dir": "none", "device": "cpu", "batch_size": "2",
+                       "workers": "0", "num_segments": "4", "size": "32", "seed": "3", "remote_threads": "3",
+                       "remote_gap": "100000", "remote_connect_s": "2", "remote_request_s": "7",
+                       "remote_attempts": "2"})
+    got = data.build(cfg, DistInfo(rank=0, world=1, local_rank=0, device=torch.device("cpu")), "train", "train")
+    assert isinstance(got.shards, RemoteShardDataset)
+    assert (got.shards.threads, got.shards.gap) == (3, 100000)
+    assert got.shards.timeouts == {"connect": 2.0, "request": 7.0, "attempts": 2}
+    local = build_loader(tmp_path / "local", "train", mode="train", batch_size=2, num_segments=4, size=32,
+                         workers=0, seed=3)
+    for (a, al), (b, bl) in zip(got, local, strict=True):
+        assert torch.equal(a, b) and torch.equal(al, bl)

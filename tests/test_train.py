@@ -277,6 +277,55 @@ def test_validate_checks_data_backend_and_world_before_any_process(shards, tmp_p
         f"{shards}: the train split has 16 clips, fewer than one global batch of 32; lower --batch-size"]
 
 
+def test_validate_rejects_a_bad_backend_option_before_any_process(shards):
+    r = _validate("--data", str(shards), "--backend", "dali", "--resample", "pil", "--on-bad", "skip")
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    problems = [x.strip() for x in r.stderr.splitlines() if x.startswith("  --")]  # one line per problem
+    assert problems == ["--on-bad='skip' is not allowed (allowed: one of raise, replace)"], r.stderr
+    r = _validate("--data", str(shards), "--backend", "dali", "--resample", "pil")
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert [x.strip() for x in r.stderr.splitlines() if x.startswith("  --")] == [
+        "--resample pil: dali backend: resample='pil' is not allowed (allowed: one of auto, reference, once)"]
+    r = _validate("--data", str(shards), "--batch-size", "4", "--on-bad", "replace", "--remote-gap", "65536",
+                  "--resample", "pil")
+    assert r.returncode == 0, r.stderr
+    saved = json.loads(r.stdout)
+    assert (saved["on_bad"], saved["remote_gap"], saved["resample"]) == ("replace", 65536, "pil")
+
+
+def test_on_bad_resample_and_remote_fields_reach_the_loader_spec(shards):
+    from pipelines.backends.options import TorchOptions
+    from trainer import data
+    from trainer.dist import DistInfo
+
+    cfg = make_config({"dataset": "jester", "data": str(shards), "device": "cpu", "batch_size": "2", "workers": "0",
+                       "num_segments": "4", "size": "64", "on_bad": "replace", "resample": "pil",
+                       "decode_on": "device", "remote_threads": "3", "remote_gap": "4096", "remote_connect_s": "1.5",
+                       "remote_request_s": "4", "remote_attempts": "2"})
+    loader = data.build(cfg, DistInfo(rank=0, world=1, local_rank=0, device=torch.device("cpu")), "val", "val")
+    try:
+        spec = loader.spec
+        assert spec.on_bad == "replace" and spec.options == TorchOptions(resample="pil", decode_device="cpu")
+        assert (spec.remote_threads, spec.remote_gap) == (3, 4096)
+        assert spec.timeouts == {"connect": 1.5, "request": 4.0, "attempts": 2}
+        clips, labels = next(iter(loader))
+        assert clips.shape == (2, 4, 3, 64, 64) and clips.dtype == torch.uint8 and labels.shape == (2,)
+    finally:
+        loader.close()
+
+
+def test_resume_may_change_how_remote_data_is_read_but_not_on_bad(tmp_path):
+    from trainer.config import merge_saved
+
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps(make_config({"dataset": "jester", "data": "s3://b/x"}).to_json()))
+    merged = merge_saved({"run_dir": str(run), "remote_gap": "1024", "remote_request_s": "30"}, resume=True)
+    assert (merged["remote_gap"], merged["remote_request_s"]) == ("1024", "30")
+    with pytest.raises(ConfigError, match=r"these options differ: \['on_bad', 'resample'\]"):
+        merge_saved({"run_dir": str(run), "on_bad": "replace", "resample": "pil"}, resume=True)
+
+
 def test_make_train_without_shards_is_one_line_before_torchrun(tmp_path):
     # STAMP= : the venv is the one running this test (make would otherwise check its install stamp)
     r = subprocess.run(["make", "--no-print-directory", "train", "STAMP=", f"PY={sys.executable}", "DATASET=jester",

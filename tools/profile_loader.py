@@ -186,14 +186,14 @@ def profile_backend(backend: str, *, data, raw, split, mode, batch_size, batches
               workers=workers, seed=seed, device=device)
     if name == "folder":
         kw["raw"] = raw
-    for part in filter(None, variant.split("+")):  # e.g. torch:torch+processes, dali:full+parallel+hw0.75+pf4+t2
+    for part in filter(None, variant.split("+")):  # e.g. torch:reference+processes, dali:full+parallel+hw0.75+pf4+t2
         if name == "dali" and dali_option(part, kw):
             continue
         if part in ("threads", "processes"):  # torch:processes -> the DataLoader-process executor
             kw["executor"] = part
         elif part == "nvjpeg":  # torch:nvjpeg -> workers send bytes, torchvision decodes on the delivery device
             kw["decode_device"] = device
-        else:  # e.g. torch:exact, torch:torch, torch:fused -> resample option
+        else:  # e.g. torch:pil, torch:reference, torch:once, dali:reference -> resample option
             kw["resample"] = part
     loader = build_loader(data, split, **kw)
     if hasattr(loader, "sync_timing"):
@@ -291,9 +291,10 @@ def plot(results: list, ceiling: dict, num_segments: int, path: str, title: str)
 @click.option("--split", default="train", show_default=True)
 @click.option("--mode", default="train", show_default=True)
 @click.option("--backends", default="folder,torch", show_default=True,
-              help="comma-separated (folder, torch, dali, ffcv); torch:exact / torch:torch / torch:fused select the "
-                   "torch backend's resample option, torch:processes its DataLoader-process executor, torch:nvjpeg "
-                   "its GPU decode (decode_device = --device) (joined with +, e.g. torch:torch+processes); "
+              help="comma-separated (folder, torch, dali, ffcv); torch:pil / torch:reference / torch:once (dali:...) "
+                   "select the backend's resample option, torch:processes its DataLoader-process executor, "
+                   "torch:nvjpeg its GPU decode (decode_device = --device) (joined with +, e.g. "
+                   "torch:reference+processes); "
                    "dali:roi / dali:full its decode, dali:parallel its "
                    "parallel feed, dali:hw0.75 / :pf4 / :t2 / :pw4 its hw_decoder_load / prefetch / num_threads / "
                    "py_workers (e.g. dali:full+parallel+pf4); ffcv converts "

@@ -18,12 +18,14 @@ from typing import Any
 
 import click
 
+from pipelines.backends.options import ON_BAD, OPTIONS, RESAMPLE, options_for
 from trainer.errors import ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 # options --resume may change: they do not change what is computed (run_dir: a run directory may be moved)
 RESUME_MAY_CHANGE = {"run_dir", "epochs", "workers", "log_interval", "ckpt_every", "ceiling_steps", "dist_timeout",
-                     "record_clips", "cache_dir", "cache_max_gb"}
+                     "record_clips", "cache_dir", "cache_max_gb", "remote_threads", "remote_gap", "remote_connect_s",
+                     "remote_request_s", "remote_attempts"}
 
 
 class _Steps(click.ParamType):
@@ -86,11 +88,25 @@ class Config:
     cache_dir: str = _f("auto", _S, "remote --data (s3://...): node-local shard cache directory (auto = under the user's "
                                     "cache directory; none = read the frames by range requests)")
     cache_max_gb: float = _f(0.0, _float(0.0), "remote --data: cache size limit in GB (0 = no limit)")
+    remote_threads: int = _f(16, _int(1, 1024), "remote --data: range requests in flight per process (shard "
+                                                "downloads use at most 8)")
+    remote_gap: int = _f(0, _int(0), "remote --data with --cache-dir none: frames of a clip at most this many bytes "
+                                     "apart are read by one range request")
+    remote_connect_s: float = _f(3.0, _float(0.0, lo_open=True), "remote --data (S3): connect timeout in seconds")
+    remote_request_s: float = _f(10.0, _float(0.0, lo_open=True), "remote --data (S3): seconds before a stalled "
+                                                                  "request is retried")
+    remote_attempts: int = _f(3, _int(1, 100), "remote --data (S3): tries per request")
     backend: str = _f("torch", click.Choice(["torch", "dali", "ffcv", "folder"]), "data loader backend")
     device: str = _f("auto", click.Choice(["auto", "cpu", "cuda"]), "auto = cuda when available")
     decode_on: str = _f("workers", click.Choice(["workers", "device"]),
                         "torch backend: decode the JPEGs in the loader workers, or on the training device (batched "
                         "nvJPEG via torchvision on CUDA)")
+    resample: str = _f("default", click.Choice(["default", *RESAMPLE]),
+                       "torch/dali backends: default = the backend's own (torch auto, dali reference); auto = one "
+                       "resize where the original resamples twice; reference = the original's order; once = one "
+                       "resize everywhere; pil = PIL's, bit-identical to --backend folder (torch only)")
+    on_bad: str = _f("raise", click.Choice(list(ON_BAD)), "a corrupt frame: raise (stop, naming the clip and frame) "
+                                                          "or replace the clip by the next good one (counted, logged)")
     arch: str = _f("resnet50", click.Choice(["resnet18", "resnet34", "resnet50", "resnet101", "mobilenetv2"]), "backbone")
     temporal: str = _f("action", click.Choice(["action", "tsm", "none"]), "temporal module")
     shift_div: int = _f(8, _int(1, 64), "shift fold divisor (C // shift_div channels each way)")
@@ -135,14 +151,39 @@ class Config:
             problems.append("--data is required (a shard directory from tools/convert_dataset.py), or use --synthetic")
         if self.backend == "folder" and not self.raw and not self.synthetic:
             problems.append("--backend folder needs --raw (the raw dataset root)")
-        if self.decode_on == "device" and self.backend != "torch":
-            problems.append(f"--decode-on device is a torch-backend option (got --backend {self.backend}; DALI "
-                            "decodes on the GPU by itself)")
+        problems += self._option_problems()
         if self.synthetic and self.num_classes == 0 and not self.data:
             problems.append("--synthetic without --data needs --num-classes")
         if problems:
             raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
         return self
+
+    def _knobs(self, device=None) -> dict[str, tuple[str, Any]]:
+        """The backend options this config sets: ``{field: (option, value)}``; ``device``: the training device
+        (where ``--decode-on device`` decodes; unknown before the processes start)."""
+        knobs = {}
+        if self.decode_on == "device":
+            knobs["decode_on"] = ("decode_device", str(device or ("cpu" if self.device == "cpu" else "cuda")))
+        if self.resample != "default":
+            knobs["resample"] = ("resample", self.resample)
+        return knobs
+
+    def _option_problems(self) -> list[str]:
+        problems = []
+        for name, (opt, value) in self._knobs().items():
+            try:
+                options_for(self.backend, **{opt: value})
+            except TypeError:
+                problems.append(f"{_opt(name)} {getattr(self, name)} is not an option of --backend {self.backend} "
+                                f"(it is a {'/'.join(b for b, c in OPTIONS.items() if opt in c.names())}-backend "
+                                "option)")
+            except ValueError as e:
+                problems.append(f"{_opt(name)} {getattr(self, name)}: {e}")
+        return problems
+
+    def loader_options(self, device=None):
+        """The backend's typed options (:mod:`pipelines.backends.options`) with what this config sets."""
+        return options_for(self.backend, **dict(self._knobs(device).values()))
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)

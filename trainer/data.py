@@ -75,15 +75,17 @@ def build(cfg: Config, info: DistInfo, split: str, mode: str, *, epoch: int = 0,
 
     kw = dict(backend=cfg.backend, mode=mode, batch_size=cfg.batch_size // info.world,
               num_segments=cfg.num_segments, size=cfg.size, rank=info.rank, world=info.world, workers=cfg.workers,
-              seed=cfg.seed, device=info.device, cache_dir=cfg.cache_dir, cache_max_gb=cfg.cache_max_gb)
+              seed=cfg.seed, device=info.device, on_bad=cfg.on_bad, cache_dir=cfg.cache_dir,
+              cache_max_gb=cfg.cache_max_gb, remote_threads=cfg.remote_threads, remote_gap=cfg.remote_gap,
+              remote_connect_s=cfg.remote_connect_s, remote_request_s=cfg.remote_request_s,
+              remote_attempts=cfg.remote_attempts)
     if cfg.backend == "folder":
         kw["raw"] = cfg.raw
-    if cfg.decode_on == "device":
-        kw["decode_device"] = info.device  # workers ship the sampled JPEG bytes; this process decodes them
     if mode == "train" and cfg.flip:
         kw["flip"] = True
     kw.update(extra)
-    loader = build_loader(LoaderSpec.of(cfg.data, split, **kw))  # backend options (decode_device) go to .options
+    # --decode-on device: workers ship the sampled JPEG bytes and this process decodes them on its device
+    loader = build_loader(LoaderSpec(cfg.data, split, options=cfg.loader_options(info.device), **kw))
     loader.set_epoch(epoch)
     return loader
 

@@ -1,7 +1,8 @@
 """Loader backends, looked up by name and imported only when asked for (no backend is imported here).
 
 Each entry names ``module:function``; the function follows the plug-in contract documented in
-:mod:`pipelines.loader` (``build(spec, **spec.options)`` returns a :class:`pipelines.backends.base.Loader`).
+:mod:`pipelines.loader` (``build(spec)`` returns a :class:`pipelines.backends.base.Loader`; the backend's
+typed options, :mod:`pipelines.backends.options`, are ``spec.options``).
 """
 from __future__ import annotations
 

@@ -59,7 +59,7 @@ class FolderSource(BatchSource):
             f = self._files[key] = [os.path.join(self.raw, *p.split("/")) for p in clip.files]
         return f
 
-    def load_clip(self, clip: int, dest, info) -> int:
+    def load_clip(self, clip: int, dest, stats) -> int:
         import torch
         from PIL import Image
 
@@ -89,13 +89,14 @@ class FolderSource(BatchSource):
         for v, plan in enumerate(plans):
             dest[v].copy_(torch.from_numpy(decode.run_plan_pil([imgs[j] for j in plan.frames], plan)))
         t2 = time.perf_counter()
-        info[1:] += (t_read, t1 - t0 - t_read, t2 - t1)
+        stats[1:] += (t_read, t1 - t0 - t_read, t2 - t1)
         return plans[0].label
 
 
-def build_folder_loader(spec, *, prefetch_factor: int = 2) -> TorchLoader:
+def build_folder_loader(spec) -> TorchLoader:
     """The ``folder`` backend (contract: :mod:`pipelines.loader`); needs ``spec.raw`` and ``spec.data``. Always
-    DataLoader worker processes, as the original."""
+    DataLoader worker processes, as the original; ``spec.options`` is a
+    :class:`pipelines.backends.options.FolderOptions` (``prefetch_factor``)."""
     from pipelines.loader import open_split
 
     raw = spec.raw
@@ -111,4 +112,4 @@ def build_folder_loader(spec, *, prefetch_factor: int = 2) -> TorchLoader:
         return FolderSource(raw, refs, planner, batches, ep, on_bad=spec.on_bad, dataset=shards.dataset,
                             split=spec.split)
 
-    return TorchLoader(spec, split, make, prefetch_factor=prefetch_factor, executor="processes")
+    return TorchLoader(spec, split, make, prefetch_factor=spec.options.prefetch_factor, executor="processes")

@@ -10,19 +10,19 @@ one pool of ``workers`` processes (``fork`` on Linux, see :func:`default_start_m
 2. **scan** every frame folder (:mod:`pipelines.ingest.scan`; list + stat only; in ``workers`` processes): names
    ``<number>.jpg`` of any zero-padded width, sorted by number, consecutive numbers, no zero-byte files. A video file
    ``<folder>.webm``/``.mp4``/... may stand in for a folder: it is probed here, decoded and JPEG-encoded in
-   step 4, and planned from an estimate (:mod:`pipelines.ingest.video`);
-3. **plan** the shard boundaries from the file sizes alone: a shard is closed as soon as its frame bytes
-   reach ``shard_mb`` MiB. The plan therefore does not depend on ``workers``;
+   step 4, and laid out from an estimate (:mod:`pipelines.ingest.video`);
+3. **lay out** the shard boundaries from the file sizes alone: a shard is closed as soon as its frame bytes
+   reach ``shard_mb`` MiB. The layout therefore does not depend on ``workers``;
 4. **write** each shard (one process per shard): the JPEG bytes are read untouched, every frame's header is
    checked (SOI, SOF size equal for all frames of a clip, EOI), batches of ``format.ROWS_PER_BATCH`` rows
    are streamed to ``.<shard>.tmp-<pid>`` (:func:`common.files.temp_name`) and hashed; a small state file
-   ``OUT/.convert/<split>-<index>.json`` records the shard's plan fingerprint, sha256 and skips; then the shard
+   ``OUT/.convert/<split>-<index>.json`` records the shard's layout fingerprint, sha256 and skips; then the shard
    is moved into place. Memory per
    process: about one record batch of frame bytes (one whole shard when OUT is an object store);
 5. **manifest** -- written last, atomically. Any old manifest is removed when a run starts, so a visible
    manifest always describes the shards next to it.
 
-Resume: a shard is kept when its state file matches the current plan and the file's size and sha256 match
+Resume: a shard is kept when its state file matches the current layout and the file's size and sha256 match
 the state; everything else is rewritten. The result is byte-identical to an uninterrupted run.
 
 Bad input: strict by default -- the first problem raises a :class:`~pipelines.errors.DataError` (finished
@@ -49,7 +49,7 @@ from pipelines.shards import writer as sh
 from pipelines.shards import storage
 from pipelines.ingest import video
 from pipelines.ingest.datasets import ClipRef, Problems, bad
-from pipelines.ingest.scan import Clip, plan_fingerprint, plan_shards, scan_clips
+from pipelines.ingest.scan import Clip, layout_fingerprint, layout_shards, scan_clips
 from pipelines.errors import AnnotationError, DataError, FrameError
 
 log = logging.getLogger(__name__)
@@ -160,7 +160,7 @@ def _batches(raw: str, clips: list[Clip], problems: Problems, stats: dict, on_ba
 
 
 def write_shard_task(task: dict, on_batch=None) -> dict:
-    """Write one planned shard (runs in a worker process). Returns its manifest entry + stats + skips.
+    """Write one laid-out shard (runs in a worker process). Returns its manifest entry + stats + skips.
 
     The state file is written before the shard is moved into place, so a shard under its final name always
     has a state file describing it (a kill between the two leaves a state without a shard: rewritten)."""
@@ -171,7 +171,7 @@ def write_shard_task(task: dict, on_batch=None) -> dict:
     state: dict = {}
 
     def record(entry: dict) -> None:  # state first, then the shard is moved into place
-        state.update({"plan": task["plan"], "path": task["path"], **entry, "frames": stats["frames"],
+        state.update({"layout": task["layout"], "path": task["path"], **entry, "frames": stats["frames"],
                       "skipped": problems.skipped})
         storage.write_json_atomic(fs, storage.join(root, task["state"]), state)
 
@@ -180,9 +180,9 @@ def write_shard_task(task: dict, on_batch=None) -> dict:
 
 
 def _finished(fs, root: str, task: dict) -> dict | None:
-    """The state of a shard finished by an earlier run with the same plan, else None."""
+    """The state of a shard finished by an earlier run with the same layout, else None."""
     state = storage.read_json(fs, storage.join(root, task["state"]))
-    if not isinstance(state, dict) or state.get("plan") != task["plan"] or state.get("path") != task["path"]:
+    if not isinstance(state, dict) or state.get("layout") != task["layout"] or state.get("path") != task["path"]:
         return None
     if state.get("skipped") and not task["skip_bad"]:
         return None  # written by a --skip-bad run: a strict run must see (and stop at) the problem
@@ -230,7 +230,7 @@ def convert_dataset(dataset: str, raw, out, *, splits=None, workers: int = 1, sh
 
     Args:
         dataset: ``egogesture``, ``jester`` or ``sthv2``.
-        raw: dataset root in the official layout (local path).
+        raw: dataset root as the official release lays it out (local path).
         out: output root: a local path or a pyarrow filesystem URI.
         splits: iterable (or comma-separated string) of ``train``/``val``/``test``; default all three.
         workers: processes for scanning and writing (1: everything in this process).
@@ -272,21 +272,21 @@ def convert_dataset(dataset: str, raw, out, *, splits=None, workers: int = 1, sh
                 "options": {**options, "shard_mb": float(shard_mb), "limit": limit}}
     pool = _pool(workers, start_method)
     try:
-        plans: dict[str, list[list[Clip]]] = {}
-        for split in splits:  # read + scan + plan every split first: strict errors stop before any writing
+        layouts: dict[str, list[list[Clip]]] = {}
+        for split in splits:  # read + scan + lay out every split first: strict errors stop before any writing
             t0 = time.perf_counter()
             refs = read_split(spec, raw, split, classes, problems, seed=seed, limit=limit, options=options)
             clips = scan_clips(refs, raw, lambda fn, items: _map(pool, fn, items, max(1, len(items) // (workers * 8))),
                                decode, problems)
-            plans[split] = plan_shards(clips, shard_mb * MIB)
+            layouts[split] = layout_shards(clips, shard_mb * MIB)
             if any(isinstance(c, video.VideoClip) for c in clips):
                 manifest["options"]["video"] = decode.manifest()
             log.info("%s/%s: %d clips, %d frames, %.1f MB in %d shard(s) (scan %.1fs)", spec.name, split,
                      len(clips), sum(len(c.files) for c in clips), sum(sum(c.sizes) for c in clips) / 1e6,
-                     len(plans[split]), time.perf_counter() - t0)
-        manifest["splits"] = _write_all(fs, root, out, raw, plans, pool, skip_bad, progress, problems, spec.name)
-        for split, plan in plans.items():
-            _remove_stale(fs, root, split, len(plan))
+                     len(layouts[split]), time.perf_counter() - t0)
+        manifest["splits"] = _write_all(fs, root, out, raw, layouts, pool, skip_bad, progress, problems, spec.name)
+        for split, layout in layouts.items():
+            _remove_stale(fs, root, split, len(layout))
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
@@ -318,24 +318,24 @@ def _check_args(dataset: str, spec, splits, shard_mb: float, limit: int | None, 
     return splits, {**spec.options, **reader_options}
 
 
-def _write_all(fs, root, out, raw, plans, pool, skip_bad, progress, problems, name) -> dict:
-    """Write every planned shard of every split (all in one pool pass); returns the manifest's "splits"."""
+def _write_all(fs, root, out, raw, layouts, pool, skip_bad, progress, problems, name) -> dict:
+    """Write every laid-out shard of every split (all in one pool pass); returns the manifest's "splits"."""
     from tqdm import tqdm
 
     tasks = []
-    for split, plan in plans.items():
+    for split, layout in layouts.items():
         fs.create_dir(storage.join(root, split), recursive=True)
         _remove_tmp(fs, storage.join(root, split))
-        for i, clips in enumerate(plan):
+        for i, clips in enumerate(layout):
             tasks.append({"raw": raw, "out": os.fspath(out), "split": split, "path": fmt.shard_name(split, i),
-                          "clips": clips, "skip_bad": skip_bad, "plan": plan_fingerprint(clips),
+                          "clips": clips, "skip_bad": skip_bad, "layout": layout_fingerprint(clips),
                           "state": f"{STATE_DIR}/{split}-{i:05d}.json"})
     unit = {s: "video" if any(isinstance(c, video.VideoClip) for sh_ in p for c in sh_) else "clip"
-            for s, p in plans.items()}
-    bars = {split: tqdm(total=sum(len(c) for c in plan), desc=f"{name}/{split}", unit=unit[split], position=k,
-                        disable=not progress, dynamic_ncols=True) for k, (split, plan) in enumerate(plans.items())}
-    done_bytes = dict.fromkeys(plans, 0)
-    done_frames = dict.fromkeys(plans, 0)
+            for s, p in layouts.items()}
+    bars = {split: tqdm(total=sum(len(c) for c in layout), desc=f"{name}/{split}", unit=unit[split], position=k,
+                        disable=not progress, dynamic_ncols=True) for k, (split, layout) in enumerate(layouts.items())}
+    done_bytes = dict.fromkeys(layouts, 0)
+    done_frames = dict.fromkeys(layouts, 0)
     t0 = time.perf_counter()
 
     def tick(split: str, n_clips: int, n_bytes: int, n_frames: int = 0) -> None:
@@ -375,7 +375,7 @@ def _write_all(fs, root, out, raw, plans, pool, skip_bad, progress, problems, na
     finally:
         for bar in bars.values():
             bar.close()
-    out_splits = {split: {"clips": 0, "frames": 0, "shards": []} for split in plans}
+    out_splits = {split: {"clips": 0, "frames": 0, "shards": []} for split in layouts}
     for t, r in zip(tasks, results):
         assert r is not None
         s = out_splits[t["split"]]
@@ -395,7 +395,7 @@ def _remove_tmp(fs, folder: str) -> None:
 
 
 def _remove_stale(fs, root: str, split: str, n: int) -> None:
-    """Delete shards (and their state) numbered >= n left by an earlier run with another plan."""
+    """Delete shards (and their state) numbered >= n left by an earlier run with another layout."""
     sel = pafs.FileSelector(storage.join(root, split), allow_not_found=True)
     pat = re.compile(r"^shard-(\d{5})\.arrow$")
     for info in fs.get_file_info(sel):

@@ -1,6 +1,6 @@
 """Steps 2-3 of a conversion (:mod:`pipelines.ingest.convert`): scan the frame folders (list + stat only, or probe the
-video that stands in for a folder) and plan the shard boundaries from file sizes alone, so the plan does not
-depend on the number of workers."""
+video that stands in for a folder) and lay out the shard boundaries from file sizes alone, so the layout does not
+depend on the number of workers (a shard *layout*; a *plan* is a :class:`~pipelines.plan.clip.ClipPlan`)."""
 from __future__ import annotations
 
 import hashlib
@@ -115,7 +115,7 @@ def resolve_clip(ref: ClipRef, folder: Folder, raw: str) -> Clip:
                 sizes=folder.sizes[a:z], mtimes=folder.mtimes[a:z])
 
 
-# ----------------------------------------------------------------------------------------------- planning
+# ------------------------------------------------------------------------------------- scan + shard layout
 def scan_clips(refs: list[ClipRef], raw: str, map_fn, decode, problems) -> list[Clip]:
     """The clips of ``refs`` with their frames: every distinct folder (EgoGesture clips share one) scanned once, in
     a fixed order, by ``map_fn(fn, items)`` (e.g. a process pool's ordered map); a video stands in for a folder
@@ -138,7 +138,7 @@ def scan_clips(refs: list[ClipRef], raw: str, map_fn, decode, problems) -> list[
     return clips
 
 
-def plan_shards(clips: list[Clip], shard_bytes: float) -> list[list[Clip]]:
+def layout_shards(clips: list[Clip], shard_bytes: float) -> list[list[Clip]]:
     """Cut ``clips`` (in order) into shards: a shard closes once its frame bytes reach ``shard_bytes``."""
     out, cur, size = [], [], 0
     for c in clips:
@@ -152,7 +152,7 @@ def plan_shards(clips: list[Clip], shard_bytes: float) -> list[list[Clip]]:
     return out
 
 
-def plan_fingerprint(clips: list[Clip]) -> str:
+def layout_fingerprint(clips: list[Clip]) -> str:
     """Hash of everything a shard's bytes depend on (format version, keys, labels, files, sizes, mtimes)."""
     h = hashlib.sha256(f"{fmt.FORMAT_NAME}/{fmt.FORMAT_VERSION}/{fmt.ROWS_PER_BATCH}".encode())
     for c in clips:

@@ -4,8 +4,8 @@ A clip's frame folder ``RAW/<folder>/`` may instead be a video file ``RAW/<folde
 SSv2 reader points its clips at ``20bn-something-something-v2/<id>`` (the release's ``<id>.webm``). Then:
 
 * **scan** (:func:`probe`): the container header only (size, codec, declared duration/frame count); no decoding;
-* **plan**: a video's frame bytes are not known before it is encoded, so the shard plan uses an estimate from
-  the probe (:func:`estimate_bytes`), which is deterministic: the plan does not depend on ``workers``;
+* **lay out**: a video's frame bytes are not known before it is encoded, so the shard layout uses an estimate
+  from the probe (:func:`estimate_bytes`), which is deterministic: the layout does not depend on ``workers``;
 * **write** (:func:`read_clip`, in the writer process): PyAV (FFmpeg inside the wheel: VP9, H.264, AV1
   decoders) decodes every frame in presentation order on one thread; the frame is converted to RGB by
   swscale (resized first with ``short_side``, :data:`FILTER`), encoded once to JPEG by libjpeg-turbo
@@ -31,7 +31,7 @@ EXTS = (".webm", ".mp4", ".mkv", ".avi", ".mov")
 VIDEO_DIRS = ("20bn-something-something-v2",)  # trees that hold only videos: a missing file is "video is missing"
 FILTER = "BICUBIC"  # swscale resize filter of --short-side (the default of ffmpeg's scale filter, as peers use)
 DEFAULT_QUALITY = 90
-EST_BYTES_PER_PIXEL = 0.2  # plan-time estimate of one JPEG frame's bytes per pixel (shards land near --shard-mb)
+EST_BYTES_PER_PIXEL = 0.2  # layout-time estimate of one JPEG frame's bytes per pixel (shards land near --shard-mb)
 _TRUNCATION_SLACK = 1.5  # frame intervals the decoded end may fall short of the declared duration
 
 
@@ -77,7 +77,7 @@ class VideoClip:
     key: str
     label: int
     files: tuple[str, ...]   # (video path relative to RAW,)
-    sizes: tuple[int, ...]   # (estimated JPEG bytes,): used by the shard plan only
+    sizes: tuple[int, ...]   # (estimated JPEG bytes,): used by the shard layout only
     mtimes: tuple[int, ...]  # (mtime, file size): the resume fingerprint
     info: VideoInfo
     decode: Decode

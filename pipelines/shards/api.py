@@ -2,7 +2,7 @@
 
 :class:`~pipelines.shards.reader.ShardDataset` (local shards, or the node cache's copy) and
 :class:`~pipelines.shards.direct.RemoteShardDataset` (range reads, optionally over a size-limited cache) implement
-it; :func:`pipelines.shards.cache.open_split` picks one. Readers are picklable into worker processes.
+it; :func:`pipelines.shards.cache.open_shards` picks one. Readers are picklable into worker processes.
 """
 from __future__ import annotations
 

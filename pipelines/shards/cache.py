@@ -1,6 +1,6 @@
 """Shards on object storage: a node-local cache (default for remote data) or direct range reads.
 
-* :func:`open_split` -- the reader of a split at a local path or any ``pyarrow.fs`` URI: a local dataset is read
+* :func:`open_shards` -- the reader of a split at a local path or any ``pyarrow.fs`` URI: a local dataset is read
   in place; a remote one is copied into the node-local cache and read memory-mapped (:class:`ShardCache`,
   :class:`pipelines.shards.reader.ShardDataset`), or with ``cache_dir=None`` read by range requests
   (:class:`pipelines.shards.direct.RemoteShardDataset`); with ``max_gb`` the cache holds only the shards
@@ -241,8 +241,8 @@ def is_remote(data) -> bool:
     return storage.is_uri(data) and not data.lower().startswith("file://")
 
 
-def open_split(data, split: str, *, cache_dir=DEFAULT, max_gb: float | None = None, threads: int = 16,
-               gap: int = 0, timeouts: dict | None = None, verify: bool = False) -> ShardReader:
+def open_shards(data, split: str, *, cache_dir=DEFAULT, max_gb: float | None = None, threads: int = 16,
+                gap: int = 0, timeouts: dict | None = None, verify: bool = False) -> ShardReader:
     """The reader (:class:`~pipelines.shards.api.ShardReader`) of ``split`` of the dataset at ``data`` (a local path or any ``pyarrow.fs`` URI).
 
     Local data (``file://`` too): :class:`~pipelines.shards.reader.ShardDataset` in place. Remote data: with a

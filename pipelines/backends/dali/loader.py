@@ -122,7 +122,7 @@ class DaliLoader(Loader):
             raise ValueError(f"dali backend: feed must be one of {', '.join(FEEDS)}, got {feed!r}")
         self.T = int(planner.num_segments)
         self.out_size = (int(planner.size), int(planner.size))
-        self.views = planner.mode == "test"
+        self.view_axis = planner.mode == "test"  # batches have a V axis (planner.views of them)
         self.num_threads = max(1, int(num_threads))
         self.prefetch = max(1, int(prefetch))
         self.seed = spec.seed
@@ -248,7 +248,7 @@ class DaliLoader(Loader):
         self.bad.update(p for g, p in zip(got, planned) if g != p)
         videos = [self.planner.plans(int(r), epoch) for r in got]
         n = len(videos)
-        clips = frames.view(n, v, T, *frames.shape[1:]) if self.views else frames.view(n, T, *frames.shape[1:])
+        clips = frames.view(n, v, T, *frames.shape[1:]) if self.view_axis else frames.view(n, T, *frames.shape[1:])
         labels = torch.tensor([ps[0].label for ps in videos], dtype=torch.int64)
         return clips, labels, videos
 
@@ -279,30 +279,28 @@ class DaliLoader(Loader):
             yield clips, labels
 
 
-def build_dali_loader(spec, *, num_threads: int | None = None, prefetch: int = 2, record: bool = False,
-                      strict: bool = False, resample: str = "auto", verify: bool = False, decode: str = "auto",
-                      hw_decoder_load: float | None = None, feed: str = "callback",
-                      py_workers: int | None = None) -> DaliLoader:
+def build_dali_loader(spec) -> DaliLoader:
     """The ``dali`` backend (contract: :mod:`pipelines.loader`).
 
     Sharding by global rank is the shared :class:`~pipelines.plan.planner.Planner`'s (rank ``r`` reads
     ``order[r::world]``, DALI's ``shard_id=rank, num_shards=world``); every epoch reshuffles (train);
-    val/test cover every clip once, the last batch short. Options: ``num_threads`` (DALI CPU threads; default
+    val/test cover every clip once, the last batch short. Options (``spec.options``, a
+    :class:`pipelines.backends.options.DaliOptions`): ``num_threads`` (DALI CPU threads; default
     ``max(workers, 1)`` -- DALI's threads take the place of DataLoader workers), ``prefetch`` (DALI queue depth,
-    batches), ``resample`` (``"auto"``: resample twice only where the reference does, ``"twice"``, ``"once"``:
-    see ``two_step`` in :class:`DaliLoader`), ``decode`` (``auto``/``roi``/``full``), ``hw_decoder_load``,
-    ``feed`` (``callback``/``parallel``) and ``py_workers`` (parallel feed processes; default ``max(workers,
-    1)``): see :class:`DaliLoader`; ``record`` (keep the plans served, for tests), ``strict`` (host-decode every
-    frame first), ``verify`` (re-hash shards first).
+    batches), ``resample`` (``"reference"``, the default: resample twice only where the reference does;
+    ``"auto"`` / ``"once"``: once, from the source window -- see ``two_step`` in :class:`DaliLoader`), ``decode``
+    (``auto``/``roi``/``full``), ``hw_decoder_load``, ``feed`` (``callback``/``parallel``) and ``py_workers``
+    (parallel feed processes; default ``max(workers, 1)``): see :class:`DaliLoader`; ``record`` (keep the plans
+    served, for tests), ``strict`` (host-decode every frame first), ``verify`` (re-hash shards first).
     """
     import_dali()  # the install hint, before any file is opened
-    modes = {"auto": None, "twice": True, "once": False}
-    if resample not in modes:
-        raise ValueError(f"dali backend: resample must be one of {', '.join(modes)}, got {resample!r}")
+    o = spec.options
+    num_threads, prefetch, record, strict, verify = o.num_threads, o.prefetch, o.record, o.strict, o.verify
+    decode, hw_decoder_load, feed, py_workers = o.decode, o.hw_decoder_load, o.feed, o.py_workers
     from pipelines.loader import open_split  # noqa: PLC0415
 
     return DaliLoader(spec, open_split(spec, verify=verify),
                       num_threads=num_threads if num_threads is not None else max(1, spec.workers),
-                      prefetch=prefetch, record=record, strict=strict, two_step=modes[resample], decode=decode,
+                      prefetch=prefetch, record=record, strict=strict, two_step=o.two_step, decode=decode,
                       hw_decoder_load=hw_decoder_load, feed=feed,
                       py_workers=py_workers if py_workers is not None else max(1, spec.workers))

@@ -186,7 +186,7 @@ class FfcvLoader(Loader):
         planner = self.planner
         self.beton, self.on_bad, self.record = beton, spec.on_bad, bool(record)
         self.T, self.V = int(planner.num_segments), int(planner.views)
-        self.views = planner.mode == "test"
+        self.view_axis = planner.mode == "test"  # batches have a V axis (self.V views)
         self.served: list = []
         n = int(planner.n)
         self._plans = np.zeros((max(n, 1), self.V, self.T + _GEOM), np.int32)
@@ -314,7 +314,7 @@ class FfcvLoader(Loader):
                     else:
                         videos.append(self._view_plans[c])
                 labels = torch.tensor([ps[0].label for ps in videos], dtype=torch.int64)
-                if not self.views:
+                if not self.view_axis:
                     clips = clips[:, 0]
                 t2 = time.perf_counter()
                 self.stage_s["augment"] += t2 - t1
@@ -331,16 +331,18 @@ class FfcvLoader(Loader):
                 self.close()
 
 
-def build_ffcv_loader(spec, *, beton: str | None = None, batches_ahead: int = 2, os_cache: bool = True,
-                      record: bool = False, verify: bool = False) -> FfcvLoader:
+def build_ffcv_loader(spec) -> FfcvLoader:
     """The ``ffcv`` backend (contract: :mod:`pipelines.loader`).
 
-    Options: ``beton`` (default ``<data>/ffcv/<split>.beton``, written by ``tools/convert_dataset.py to-ffcv``),
-    ``batches_ahead`` (FFCV prefetch depth), ``os_cache`` (FFCV's page-cache reader; False: process cache),
-    ``record`` (keep the plans served, for tests), ``verify`` (re-hash the shards first). ``spec.workers`` is the
-    number of numba threads of the decoder (FFCV's ``num_workers``).
+    Options (``spec.options``, a :class:`pipelines.backends.options.FfcvOptions`): ``beton`` (default
+    ``<data>/ffcv/<split>.beton``, written by ``tools/convert_dataset.py to-ffcv``), ``batches_ahead`` (FFCV
+    prefetch depth), ``os_cache`` (FFCV's page-cache reader; False: process cache), ``record`` (keep the plans
+    served, for tests), ``verify`` (re-hash the shards first). ``spec.workers`` is the number of numba threads of
+    the decoder (FFCV's ``num_workers``).
     """
     import_ffcv()  # the install hint, before any file is opened
+    o = spec.options
+    beton, batches_ahead, os_cache, record, verify = o.beton, o.batches_ahead, o.os_cache, o.record, o.verify
     from pipelines.loader import open_split  # noqa: PLC0415
     from pipelines.shards.cache import is_remote  # noqa: PLC0415
 

@@ -49,8 +49,8 @@ class BytesSource(BatchSource):
             chunks.extend(bufs)
         sizes = np.array([len(c) for c in chunks], dtype=np.int64)
         data = torch.from_numpy(np.concatenate(chunks) if chunks else np.zeros(0, np.uint8))
-        info = np.array([float(replaced), time.perf_counter() - t0, 0.0, 0.0])
-        return ("bytes", self.epoch, items, data, torch.from_numpy(sizes)), info
+        stats = np.array([float(replaced), time.perf_counter() - t0, 0.0, 0.0])
+        return ("bytes", self.epoch, items, data, torch.from_numpy(sizes)), stats
 
 
 def _device_decode(datas: list, device) -> list:

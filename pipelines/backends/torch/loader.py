@@ -29,16 +29,18 @@ Options: ``resample`` --
   reference's order with torch's uint8 kernels. Tolerance vs ``folder``: val/test within 2 grey levels
   (mean < 0.05); train where fused: one bilinear blur less and up to half a source pixel of shift -- mean
   |diff| ~1.6-2.4 grey levels on noisy synthetic frames, large only on hard edges (tests state the bound).
-* ``"torch"``: the reference's order everywhere (pre-resize, crop, resize) with torch's uint8 kernels: within
+* ``"reference"``: the reference's order everywhere (pre-resize, crop, resize) with torch's uint8 kernels: within
   2 grey levels of ``folder``, mean < 0.05; slower than ``"auto"`` where that fuses (docs/benchmarks.md).
-* ``"pil"`` (alias ``"exact"``): PIL's resampling, bit-identical to the ``folder`` backend (the slowest).
-* ``"fused"``: the fused resize for every plan, val/test included.
+* ``"pil"``: PIL's resampling, bit-identical to the ``folder`` backend (the slowest).
+* ``"once"``: the fused resize for every plan, val/test included.
+
+(One vocabulary with the ``dali`` backend: :mod:`pipelines.backends.options`.)
 
 ``dct_scale`` (False; decode at 1/2..1/8 in the DCT domain when the pre-resize allows, changes pixels),
 ``decode_device`` (None; ``"cuda"`` makes process workers send the JPEG bytes and the main process decodes them
 with ``torchvision.io.decode_jpeg(device="cuda")`` in one batched call and resamples on the GPU
 (:mod:`pipelines.backends.torch.device`); ``"cpu"`` runs the same path on the CPU, for tests; ``on_bad`` applies as
-on the worker path, and ``"pil"`` runs as ``"torch"`` there),
+on the worker path, and ``"pil"`` runs as ``"reference"`` there),
 ``prefetch_factor`` (2), ``executor``, ``channels_last``.
 
 Batches are uint8 (the consumer normalises on its device, :func:`pipelines.plan.presets.normalize`); for CUDA they
@@ -53,6 +55,7 @@ import numpy as np
 
 from pipelines.decode import frames as decode
 from pipelines.backends.base import Loader, corrupt_frame, replace_bad
+from pipelines.backends.options import EXECUTORS
 from pipelines.backends.torch import stream
 from pipelines.decode.executors import BufferPool  # noqa: F401  (the alloc annotation)
 from pipelines.errors import DataError
@@ -61,10 +64,8 @@ from pipelines.plan.clip import needed_frames
 
 log = logging.getLogger(__name__)
 
-RESAMPLE = ("auto", "torch", "pil", "fused")
-FUSED = {"auto": "auto", "torch": False, "pil": False, "fused": True}
-RESAMPLE_ALIASES = {"exact": "pil"}
-EXECUTORS = ("threads", "processes")
+# resample (pipelines.backends.options.RESAMPLE) -> decode.run_plan_torch's ``fused``
+FUSED = {"auto": "auto", "reference": False, "pil": False, "once": True}
 
 
 class Failure:
@@ -82,7 +83,7 @@ class BatchSource:
     """Map-style dataset whose item ``b`` is batch ``b`` of one epoch, fully assembled.
 
     Subclasses implement :meth:`load_clip` (fill ``dest`` (V, T, 3, H, W) for one clip). Returns
-    ``(clips uint8 (B, V, T, 3, H, W), labels int64 (B,), info float64 [replaced, read_s, decode_s, augment_s])``.
+    ``(clips uint8 (B, V, T, 3, H, W), labels int64 (B,), stats float64 [replaced, read_s, decode_s, augment_s])``.
     """
 
     channels_last = False  # allocate batches as (B, V, T, H, W, 3) memory viewed as (B, V, T, 3, H, W)
@@ -126,21 +127,21 @@ class BatchSource:
         ids = self.batches[b]
         out = self.alloc(len(ids))
         labels = np.empty(len(ids), dtype=np.int64)
-        info = np.zeros(4, dtype=np.float64)
+        stats = np.zeros(4, dtype=np.float64)
         for k, clip in enumerate(ids):
-            labels[k] = self.load_with_replacement(int(clip), out[k], info)
-        return out, torch.from_numpy(labels), info
+            labels[k] = self.load_with_replacement(int(clip), out[k], stats)
+        return out, torch.from_numpy(labels), stats
 
-    def load_with_replacement(self, clip: int, dest, info) -> int:
-        label, replaced = replace_bad(lambda c: self.load_clip(c, dest, info), clip, n=self.planner.n,
+    def load_with_replacement(self, clip: int, dest, stats) -> int:
+        label, replaced = replace_bad(lambda c: self.load_clip(c, dest, stats), clip, n=self.planner.n,
                                       on_bad=self.on_bad, where=f"{self.dataset} {self.split}")
-        info[0] += replaced
+        stats[0] += replaced
         return label
 
     def frame_error(self, plan_key: str, clip: int, frame: int, err):
         return corrupt_frame(self.dataset, self.split, plan_key, clip, frame, err)
 
-    def load_clip(self, clip: int, dest, info) -> int:  # pragma: no cover - abstract
+    def load_clip(self, clip: int, dest, stats) -> int:  # pragma: no cover - abstract
         raise NotImplementedError
 
 
@@ -151,7 +152,7 @@ class ShardSource(BatchSource):
     resampled straight into the clip's slot of the batch."""
 
     def __init__(self, shards, planner: Planner, batches: list, epoch: int, *, on_bad: str,
-                 resample: str = "torch", dct_scale: bool = False, channels_last: bool = False):
+                 resample: str = "reference", dct_scale: bool = False, channels_last: bool = False):
         super().__init__(planner, batches, epoch, on_bad=on_bad, dataset=shards.dataset, split=shards.split)
         self.shards, self.resample, self.dct_scale = shards, resample, bool(dct_scale)
         self.channels_last = bool(channels_last)
@@ -205,7 +206,7 @@ class ShardSource(BatchSource):
                                                      f"{(h, w)}")
         return arr
 
-    def load_clip(self, clip: int, dest, info) -> int:
+    def load_clip(self, clip: int, dest, stats) -> int:
         import torch
 
         t0 = time.perf_counter()
@@ -224,7 +225,7 @@ class ShardSource(BatchSource):
             else:
                 decode.run_plan_torch(frames, plan, out=dest[v], fused=FUSED[self.resample])
         t3 = time.perf_counter()
-        info[1:] += (t1 - t0, t2 - t1, t3 - t2)
+        stats[1:] += (t1 - t0, t2 - t1, t3 - t2)
         return plans[0].label
 
 
@@ -288,12 +289,12 @@ class TorchLoader(Loader):
             if isinstance(item, Failure):
                 item.raise_()
             if self.gpu_decode is not None:
-                payload, info = item
+                payload, stats = item
                 t0 = time.perf_counter()
                 clips, labels, replaced = self.gpu_decode(payload, self.device)
                 self._replaced += replaced
             else:
-                clips, labels, info = item
+                clips, labels, stats = item
                 t0 = time.perf_counter()
                 clips = clips.to(self.device, non_blocking=True)
             if self.device.type == "cuda" and not labels.is_cuda:
@@ -305,29 +306,26 @@ class TorchLoader(Loader):
                 # profiling only: makes ``to_device`` the real copy/decode time, but stalls the host on the
                 # stream (the previous training step too), so training leaves it off
                 torch.cuda.current_stream(self.device).synchronize()
-            info = np.asarray(info, dtype=np.float64)
-            self._replaced += int(info[0])
-            for name, v in zip(("read", "decode", "augment"), info[1:]):
+            stats = np.asarray(stats, dtype=np.float64)
+            self._replaced += int(stats[0])
+            for name, v in zip(("read", "decode", "augment"), stats[1:]):
                 self.stage_s[name] += float(v)
             self.stage_s["to_device"] += time.perf_counter() - t0
             self.batches_seen += 1
             yield clips, labels
 
 
-def build_torch_loader(spec, *, resample: str = "auto", dct_scale: bool = False, decode_device=None,
-                       prefetch_factor: int = 2, verify: bool = False, executor: str = "threads",
-                       channels_last: bool = True) -> TorchLoader:
-    """The ``torch`` backend (contract: :mod:`pipelines.loader`); its options are described in this module's
-    docstring. ``verify`` re-hashes the shards first."""
+def build_torch_loader(spec) -> TorchLoader:
+    """The ``torch`` backend (contract: :mod:`pipelines.loader`); its options (``spec.options``, a validated
+    :class:`pipelines.backends.options.TorchOptions`) are described in this module's docstring. ``verify``
+    re-hashes the shards first."""
     import torch
 
     from pipelines.loader import open_split
 
-    resample = RESAMPLE_ALIASES.get(resample, resample)
-    if resample not in RESAMPLE:
-        raise ValueError(f"resample must be one of {RESAMPLE + tuple(RESAMPLE_ALIASES)}, got {resample!r}")
-    if executor not in EXECUTORS:
-        raise ValueError(f"executor must be one of {EXECUTORS}, got {executor!r}")
+    o = spec.options
+    resample, dct_scale, decode_device, prefetch_factor, verify, executor, channels_last = (
+        o.resample, o.dct_scale, o.decode_device, o.prefetch_factor, o.verify, o.executor, o.channels_last)
     split = open_split(spec, verify=verify)
     shards, planner = split
     if decode_device is not None:
