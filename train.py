@@ -38,7 +38,8 @@ from trainer.errors import TrainingError
 from trainer.export import export_command
 from trainer.loop import Parts, Progress, evaluate, measure_synthetic_rate, train_one_epoch
 from trainer.metrics import MetricsLog
-from trainer.model import amp_dtype, build_model_for, build_optimizer, build_scheduler, resume_schedule
+from trainer.model import (amp_dtype, build_model_for, build_optimizer, build_scheduler, install_warmup,
+                           resume_schedule)
 from trainer.preempt import PREEMPTED, Preempted, StopRequest
 from trainer.predict import predict_command
 
@@ -221,6 +222,8 @@ def _preempted(r: Run, stop: StopRequest) -> Preempted:
 def _epochs(r: Run, train_loader, val_loader, recorder, stop: StopRequest) -> dict:
     """Train from ``r.prog`` to ``cfg.epochs``: each epoch's steps, its evaluation, its record and checkpoint."""
     cfg, info, prog = r.cfg, r.info, r.prog
+    install_warmup(r.parts.optimizer, cfg, len(train_loader) if not cfg.max_steps_per_epoch
+                   else min(len(train_loader), cfg.max_steps_per_epoch))
     last_eval: dict = {}
     for epoch in range(prog.epoch, cfg.epochs):
         prog.epoch = epoch

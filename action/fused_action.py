@@ -1,4 +1,4 @@
-"""ACTION's shift + excitation paths as a few fused Triton kernels (the CUDA default; see ``ACTION_IMPL`` in
+"""ACTION's shift + excitation paths as a few fused Triton kernels (the CUDA default; see ``ACTION_IMPLS`` in
 :mod:`action.temporal`).
 
 The shift is linear, so nothing shift-sized is ever built for the squeezes: with ``xs[t] = w0·x[t-1] + w1·x[t]
@@ -12,12 +12,12 @@ autograd's (the rows are built from the parameters with differentiable ops). The
 - ``apply_fwd``: ``out = xs · (gate + s1)`` with ``xs`` formed on the fly from three frames of ``x``;
 - ``apply_bwd_reduce``: one pass over ``g_out`` and ``x`` for the gate gradients (``Σ_p g·xs`` per channel,
   ``Σ_c g·xs`` per pixel) and the shift taps' gradient (``Σ g·(gate + s1)·x[t+k-1]``);
-- ``apply_bwd_input``: ``g_x`` = the time-mirrored shift of ``g·(gate + s1)`` + the pooled-mean gradient +
-  cuDNN's 1×1 conv data gradient, accumulated in place into the latter (one write of ``g_x``).
+- ``apply_bwd_input``: the apply's share of ``g_x``, the time-mirrored shift of ``g·(gate + s1)``.
 
-The last kernel runs in the front Function's backward, which autograd always runs after the apply Function's
-(its outputs feed the gates); the apply backward hands its gradient over through a per-call ``_Link`` and
-returns no ``x`` gradient itself, so ``g_x`` is summed once instead of by autograd's accumulation passes.
+The two apply passes are PyTorch custom operators (``action_net::shift_gate`` and its backward, with fake
+implementations and registered autograd), so ``torch.compile(fullgraph=True)`` traces a whole ACTION model with
+the kernels inside; the 1×1 squeeze conv and the pooled means are ordinary aten ops. Autograd (or, compiled,
+inductor's fused add) sums the three ``x`` gradients: conv data gradient, pooled-mean gradient, apply share.
 
 triton is imported on first use only (the product runs without it); on CPU tensors the kernels need
 ``TRITON_INTERPRET=1`` set before that first use (the tests do that).
@@ -44,9 +44,14 @@ _MIN_PROGRAMS = 2048  # the reduction pass splits its pixel loop until it has ab
 _CONV_ALIGN = 8  # the squeeze conv's output channels are padded to a multiple of this (bf16 tensor-core tiles)
 
 
-@functools.lru_cache(maxsize=None)
+@torch.compiler.assume_constant_result  # under torch.compile: called eagerly, its result a constant
 def available() -> bool:
     """Whether triton imports here (the fused path's only extra requirement)."""
+    return _importable()
+
+
+@functools.lru_cache(maxsize=None)
+def _importable() -> bool:
     try:
         import triton  # noqa: F401
     except Exception:  # noqa: BLE001 - any failure to import means "use the torch path"
@@ -56,18 +61,23 @@ def available() -> bool:
 
 @functools.lru_cache(maxsize=None)
 def _kernels():
+    """``(triton, apply_fwd, apply_bwd_reduce, apply_bwd_input)``, built on first use (after the tests set
+    TRITON_INTERPRET). Builtins and jit functions made here only: triton.language.standard's (tl.sum, tl.zeros)
+    are jit functions built when triton was first imported, which the interpreter cannot call if that was before
+    TRITON_INTERPRET. The kernels find their combine function among the module's globals (jit code does not see
+    closures)."""
     import triton
     import triton.language as tl
 
-    # builtins and jit functions made here only: triton.language.standard's (tl.sum, tl.zeros) are jit functions
-    # built when triton was first imported, which the interpreter cannot call if that was before TRITON_INTERPRET.
-    # The kernels find their combine function among the module's globals (jit code does not see closures).
     @triton.jit
     def _tl_add(a, b):
         return a + b
 
     globals()["_tl_add"] = _tl_add
+    return triton, _build_fwd(triton, tl), _build_reduce(triton, tl), _build_input(triton, tl)
 
+
+def _build_fwd(triton, tl):
     @triton.jit
     def apply_fwd(x_ptr, out_ptr, w_ptr, gate_ptr, s1_ptr, C, P, T, sxf, sxc, sxp, sof, soc, sop,
                   BP: tl.constexpr, BC: tl.constexpr):
@@ -93,6 +103,10 @@ def _kernels():
         oo = f64 * sof + op[:, None] * sop + oc[None, :] * soc
         tl.store(out_ptr + oo, out.to(out_ptr.dtype.element_ty), mask=m)
 
+    return apply_fwd
+
+
+def _build_reduce(triton, tl):
     @triton.jit
     def apply_bwd_reduce(g_ptr, x_ptr, w_ptr, gate_ptr, s1_ptr, dgate_ptr, ds1_ptr, dw_ptr, C, P, T, NCB, NPS,
                          P_CHUNK, sgf, sgc, sgp, sxf, sxc, sxp, BP: tl.constexpr, BC: tl.constexpr):
@@ -136,9 +150,12 @@ def _kernels():
         tl.store(dw_ptr + (row * 3 + 1) * C + oc, acc1, mask=mc)
         tl.store(dw_ptr + (row * 3 + 2) * C + oc, acc2, mask=mc)
 
+    return apply_bwd_reduce
+
+
+def _build_input(triton, tl):
     @triton.jit
-    def apply_bwd_input(g_ptr, w_ptr, gate_ptr, s1_ptr, dpx_ptr, dx_ptr, C, P, T, inv_p,
-                        sgf, sgc, sgp, sdf, sdc, sdp, HAS_DX: tl.constexpr, HAS_DPX: tl.constexpr,
+    def apply_bwd_input(g_ptr, w_ptr, gate_ptr, s1_ptr, dx_ptr, C, P, T, sgf, sgc, sgp, sdf, sdc, sdp,
                         BP: tl.constexpr, BC: tl.constexpr):
         f = tl.program_id(0)
         t = f % T
@@ -167,14 +184,10 @@ def _kernels():
         a0 = (tl.load(gate_ptr + (f64 - 1) * C + oc, mask=mc & prv, other=0.0).to(tl.float32)[None, :]
               + tl.load(s1_ptr + (f64 - 1) * P + op, mask=mp & prv, other=0.0).to(tl.float32)[:, None])
         acc += w2[None, :] * g0 * a0
-        if HAS_DPX:
-            acc += tl.load(dpx_ptr + f64 * C + oc, mask=mc, other=0.0)[None, :] * inv_p
         do = f64 * sdf + op[:, None] * sdp + oc[None, :] * sdc
-        if HAS_DX:
-            acc += tl.load(dx_ptr + do, mask=m, other=0.0).to(tl.float32)
         tl.store(dx_ptr + do, acc.to(dx_ptr.dtype.element_ty), mask=m)
 
-    return triton, apply_fwd, apply_bwd_reduce, apply_bwd_input
+    return apply_bwd_input
 
 
 def _fcp(t: torch.Tensor) -> torch.Tensor:
@@ -198,108 +211,80 @@ def _on(x: torch.Tensor):
     return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
 
 
-class _Link:
-    """Hands the apply backward's output gradient to the front backward (autograd runs it later)."""
-
-    __slots__ = ("saved",)
-
-    def __init__(self) -> None:
-        self.saved = None
-
-    def pop(self):
-        saved, self.saved = self.saved, None
-        return saved
+def _launch_fwd(x, ws, gate, s1, t: int) -> torch.Tensor:
+    nt, c, h, w = x.shape
+    out = torch.empty_like(x)  # same layout as x
+    bp, bc, _ = _blocks(x)
+    _, k_fwd, _, _ = _kernels()
+    grid = (nt, -(-(h * w) // bp), -(-c // bc))
+    with _on(x):
+        k_fwd[grid](x, out, ws, gate, s1, c, h * w, t, *_strides(x), *_strides(out), BP=bp, BC=bc)
+    return out
 
 
-class _Front(torch.autograd.Function):
-    """``z = conv1x1(x, w3)`` (cuDNN) and ``px = mean_hw(x)`` (fp32); backward: cuDNN's data and weight
-    gradients, then the apply path's ``x`` gradient and the pooled-mean gradient added in one kernel."""
-
-    @staticmethod
-    def forward(ctx, x, w3, link, t):  # noqa: D102
-        with torch.autocast(x.device.type, enabled=False):
-            z = F.conv2d(x, w3)
-            px = x.mean((2, 3), dtype=torch.float32)
-        ctx.save_for_backward(x, w3)
-        ctx.link, ctx.t = link, t
-        return z, px
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, gz, gpx):  # noqa: D102
-        x, w3 = ctx.saved_tensors
-        saved = ctx.link.pop()
-        need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        gx = gw = None
-        if gz is not None and (need_x or need_w):
-            gx, gw, _ = torch.ops.aten.convolution_backward(
-                gz.to(x.dtype), x, w3, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [need_x, need_w, False])
-        if not need_x:
-            return None, gw, None, None
-        nt, c, h, w = x.shape
-        if saved is None:  # the gated output got no gradient: the front's own terms only
-            gx = gx if gx is not None else torch.zeros_like(x)
-            if gpx is not None:
-                gx = gx + (gpx / (h * w)).to(x.dtype)[:, :, None, None]
-            return gx, gw, None, None
-        g, ws, gate, s1 = saved
-        has_dx = gx is not None
-        gx = _fcp(gx) if has_dx else torch.empty_like(x)
-        has_dpx = gpx is not None
-        dpx = gpx.float().contiguous() if has_dpx else ws  # any tensor when unused
-        bp, bc, _ = _blocks(x)
-        _, _, _, k_in = _kernels()
-        grid = (nt, -(-(h * w) // bp), -(-c // bc))
-        with _on(x):
-            k_in[grid](g, ws, gate, s1, dpx, gx, c, h * w, ctx.t, 1.0 / (h * w), *_strides(g), *_strides(gx),
-                       HAS_DX=has_dx, HAS_DPX=has_dpx, BP=bp, BC=bc)
-        return gx, gw, None, None
+def _launch_bwd(g, x, ws, gate, s1, t: int):
+    """``(g_x, g_gate, g_s1, g_ws)`` of ``out = shift(x) · (gate + s1)``: one reduction pass, one input pass."""
+    nt, c, h, w = x.shape
+    p = h * w
+    g = _fcp(g)  # strided (an expanded, stride-0 gradient is read through its strides as it is)
+    bp, bc, bpr = _blocks(x)
+    ncb = -(-c // bc)
+    # split the pixel loop when frames x channel blocks alone would leave the GPU's SMs idle
+    pblocks = -(-p // bpr)
+    nps = max(1, min(pblocks, -(-_MIN_PROGRAMS // (nt * ncb)))) if x.is_cuda else min(2, pblocks)
+    chunk = -(-pblocks // nps) * bpr
+    nps = -(-p // chunk)
+    dgate = torch.empty(nt, nps, c, device=x.device, dtype=torch.float32)
+    ds1 = torch.empty(nt, ncb, p, device=x.device, dtype=torch.float32)
+    dw = torch.empty(nt, nps, 3, c, device=x.device, dtype=torch.float32)
+    gx = torch.empty_like(x)
+    _, _, k_red, k_in = _kernels()
+    with _on(x):
+        k_red[(nt, ncb, nps)](g, x, ws, gate, s1, dgate, ds1, dw, c, p, t, ncb, nps, chunk, *_strides(g),
+                              *_strides(x), BP=bpr, BC=bc)
+        k_in[(nt, -(-p // bp), ncb)](g, ws, gate, s1, gx, c, p, t, *_strides(g), *_strides(gx), BP=bp, BC=bc)
+    return gx, dgate.sum(1).to(gate.dtype), ds1.sum(1).to(s1.dtype), dw.sum((0, 1)).t().contiguous()
 
 
-class _Apply(torch.autograd.Function):
-    """``out = shift(x) · (gate + s1)`` — gate (N·T, C), s1 (N·T, H·W) — without materialising the shift."""
+# The kernels as PyTorch custom operators: torch.compile(fullgraph=True) traces them (fake implementations give
+# the output metadata), autograd reaches the backward operator through register_autograd. Inputs: x (N·T, C, H, W)
+# contiguous or channels_last, ws (C, 3) fp32 shift taps, gate (N·T, C) and s1 (N·T, H·W) contiguous.
+@torch.library.custom_op("action_net::shift_gate", mutates_args=())
+def shift_gate(x: torch.Tensor, ws: torch.Tensor, gate: torch.Tensor, s1: torch.Tensor, t: int) -> torch.Tensor:
+    """``shift(x) · (gate + s1)`` without materialising the shift."""
+    return _launch_fwd(x, ws, gate, s1, t)
 
-    @staticmethod
-    def forward(ctx, x, w_shift, gate, s1, link, t):  # noqa: D102
-        nt, c, h, w = x.shape
-        ws = w_shift.detach().reshape(c, 3).float().contiguous()
-        gate, s1 = gate.contiguous(), s1.contiguous()
-        out = torch.empty_like(x)  # same layout as x
-        bp, bc, _ = _blocks(x)
-        _, k_fwd, _, _ = _kernels()
-        grid = (nt, -(-(h * w) // bp), -(-c // bc))
-        with _on(x):
-            k_fwd[grid](x, out, ws, gate, s1, c, h * w, t, *_strides(x), *_strides(out), BP=bp, BC=bc)
-        ctx.save_for_backward(x, ws, gate, s1)
-        ctx.link, ctx.t, ctx.w_dtype = link, t, w_shift.dtype
-        return out
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, g):  # noqa: D102
-        x, ws, gate, s1 = ctx.saved_tensors
-        nt, c, h, w = x.shape
-        p = h * w
-        g = _fcp(g)
-        _, bc, bpr = _blocks(x)
-        ncb = -(-c // bc)
-        # split the pixel loop when frames x channel blocks alone would leave the GPU's SMs idle
-        pblocks = -(-p // bpr)
-        nps = max(1, min(pblocks, -(-_MIN_PROGRAMS // (nt * ncb)))) if x.is_cuda else min(2, pblocks)
-        chunk = -(-pblocks // nps) * bpr
-        nps = -(-p // chunk)
-        dgate = torch.empty(nt, nps, c, device=x.device, dtype=torch.float32)
-        ds1 = torch.empty(nt, ncb, p, device=x.device, dtype=torch.float32)
-        dw = torch.empty(nt, nps, 3, c, device=x.device, dtype=torch.float32)
-        _, _, k_red, _ = _kernels()
-        with _on(x):
-            k_red[(nt, ncb, nps)](g, x, ws, gate, s1, dgate, ds1, dw, c, p, ctx.t, ncb, nps, chunk, *_strides(g),
-                                  *_strides(x), BP=bpr, BC=bc)
-        dgate = dgate.sum(1)
-        if ctx.needs_input_grad[0]:
-            ctx.link.saved = (g, ws, gate, s1)
-        d_ws = dw.sum((0, 1)).t().reshape(c, 1, 3).to(ctx.w_dtype) if ctx.needs_input_grad[1] else None
-        return None, d_ws, dgate.to(gate.dtype), ds1.sum(1).to(s1.dtype), None, None
+@shift_gate.register_fake
+def _shift_gate_fake(x, ws, gate, s1, t):
+    return torch.empty_like(x)
+
+
+@torch.library.custom_op("action_net::shift_gate_backward", mutates_args=())
+def shift_gate_backward(g: torch.Tensor, x: torch.Tensor, ws: torch.Tensor, gate: torch.Tensor, s1: torch.Tensor,
+                        t: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(g_x, g_gate, g_s1, g_ws)`` of :func:`shift_gate` for the output gradient ``g``."""
+    return _launch_bwd(g, x, ws, gate, s1, t)
+
+
+@shift_gate_backward.register_fake
+def _shift_gate_backward_fake(g, x, ws, gate, s1, t):
+    return (torch.empty_like(x), gate.new_empty(gate.shape), s1.new_empty(s1.shape), ws.new_empty(ws.shape))
+
+
+def _shift_gate_setup(ctx, inputs, output):
+    x, ws, gate, s1, t = inputs
+    ctx.save_for_backward(x, ws, gate, s1)
+    ctx.t = t
+
+
+def _shift_gate_grad(ctx, g):
+    x, ws, gate, s1 = ctx.saved_tensors
+    gx, dgate, ds1, dws = shift_gate_backward(g, x, ws, gate, s1, ctx.t)
+    return gx, dws, dgate, ds1, None
+
+
+shift_gate.register_autograd(_shift_gate_grad, setup_context=_shift_gate_setup)
 
 
 class _TimeSum(torch.autograd.Function):
@@ -354,24 +339,23 @@ def _check_device(x: torch.Tensor) -> None:
     if x.is_cuda:
         return
     if os.environ.get("TRITON_INTERPRET", "0") not in ("1", "true", "True"):
-        raise ModelError("ACTION_IMPL='triton' on CPU tensors needs TRITON_INTERPRET=1 set before the first "
-                         "fused call (the Triton interpreter); use ACTION_IMPL='torch' or 'auto' on CPU")
+        raise ModelError("action_impl='triton' on CPU tensors needs TRITON_INTERPRET=1 set before the first "
+                         "fused call (the Triton interpreter); use action_impl='torch' or 'auto' on CPU")
 
 
 def gated_input(mod, x: torch.Tensor, n: int, t: int) -> torch.Tensor:
     """The input of ``mod.net`` for the :class:`action.temporal.Action` ``mod``: ``shift(x) · (3 + σ_ste +
-    σ_ce + σ_me)``, with the big-tensor work in the kernels above and the small gate maths in
-    :meth:`Action._gates` (shared with the torch path). Eager only: under torch.compile the dispatch picks
-    the torch path (a benchmark can still wrap the ACTION forwards in ``torch.compiler.disable``)."""
+    σ_ce + σ_me)``, with the big-tensor work in the kernels above (custom operators: eager and torch.compile alike)
+    and the small gate maths in :meth:`Action._gates` (shared with the torch path)."""
+    if not torch.compiler.is_compiling():
+        _check_device(x)
     if not available():
-        raise ModelError("ACTION_IMPL='triton' needs the triton package (it comes with CUDA builds of torch); "
-                         "use ACTION_IMPL='torch'")
-    _check_device(x)
+        raise ModelError("action_impl='triton' needs the triton package (it comes with CUDA builds of torch); "
+                         "use action_impl='torch'")
     nt, c, h, w = x.shape
     r = mod.reduced_channels
     if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
         x = x.contiguous()
-    link = _Link()
     ws = mod.action_shift.weight.view(c, 3)
     rows = torch.cat([mod.action_p3_squeeze.weight.view(r, c), ws.new_full((1, c), 1.0 / c)], 0)
     k = 3 * (r + 1)
@@ -379,7 +363,9 @@ def gated_input(mod, x: torch.Tensor, n: int, t: int) -> torch.Tensor:
     w3 = F.pad(w3, (0, 0, 0, -k % _CONV_ALIGN)).view(-1, c, 1, 1).to(x.dtype)  # zero rows up to the alignment
     if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
         w3 = w3.contiguous(memory_format=torch.channels_last)
-    z, px = _Front.apply(x, w3, link, t)
+    with torch.autocast(x.device.type, enabled=False):  # in x's dtype; the means in fp32
+        z = F.conv2d(x, w3)
+        px = x.mean((2, 3), dtype=torch.float32)
     y, s = _TimeSum.apply(z, n, t, r)  # (N·T, r, H, W) channels_last when x is; (N, T, H, W)
     pooled = px.view(n, t, c) * ws[:, 1]  # spatial means of the shifted x
     if t > 1:
@@ -387,4 +373,4 @@ def gated_input(mod, x: torch.Tensor, n: int, t: int) -> torch.Tensor:
             + F.pad(px.view(n, t, c)[:, 1:] * ws[:, 2], (0, 0, 0, 1))
     m = mod.action_p3_bn1(y)
     gate, s1 = mod._gates(m, s, pooled.view(nt, c).to(x.dtype), n, t, h, w)
-    return _Apply.apply(x, mod.action_shift.weight, gate, s1.reshape(nt, h * w), link, t)
+    return shift_gate(x, ws.float(), gate.contiguous(), s1.reshape(nt, h * w).contiguous(), t)

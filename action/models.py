@@ -20,13 +20,14 @@ BN (the official scripts never enable it); MobileNetV2 is torchvision's (the off
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from action.errors import ModelError
-from action.temporal import Action, TemporalShift
+from action.temporal import ACTION_IMPLS, Action, TemporalShift, check_impl
 
 ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "mobilenetv2")
 TEMPORALS = ("action", "tsm", "none")
@@ -40,13 +41,14 @@ def _make_backbone(arch: str) -> nn.Module:
     return getattr(torchvision.models, arch)(weights=None)
 
 
-def _wrap(conv: nn.Module, temporal: str, num_segments: int, shift_div: int) -> nn.Module:
+def _wrap(conv: nn.Module, temporal: str, num_segments: int, shift_div: int, impl: str, shift_impl: str) -> nn.Module:
     if temporal == "action":
-        return Action(conv, n_segment=num_segments, shift_div=shift_div)
-    return TemporalShift(conv, n_segment=num_segments, shift_div=shift_div)
+        return Action(conv, n_segment=num_segments, shift_div=shift_div, impl=impl, shift_impl=shift_impl)
+    return TemporalShift(conv, n_segment=num_segments, shift_div=shift_div, shift_impl=shift_impl)
 
 
-def insert_temporal(base: nn.Module, arch: str, temporal: str, num_segments: int, shift_div: int) -> None:
+def insert_temporal(base: nn.Module, arch: str, temporal: str, num_segments: int, shift_div: int,
+                    impl: str = "auto", shift_impl: str = "auto") -> None:
     """Wrap the convolutions of ``base`` in place (see the module docstring for where)."""
     if temporal == "none":
         return
@@ -56,13 +58,13 @@ def insert_temporal(base: nn.Module, arch: str, temporal: str, num_segments: int
             stage = getattr(base, stage_name)
             for i, block in enumerate(stage.children()):
                 if i % n_round == 0:
-                    block.conv1 = _wrap(block.conv1, temporal, num_segments, shift_div)
+                    block.conv1 = _wrap(block.conv1, temporal, num_segments, shift_div, impl, shift_impl)
     elif arch == "mobilenetv2":
         from torchvision.models.mobilenetv2 import InvertedResidual
 
         for m in base.modules():
             if isinstance(m, InvertedResidual) and m.use_res_connect and len(m.conv) == 4:
-                m.conv[0][0] = _wrap(m.conv[0][0], temporal, num_segments, shift_div)
+                m.conv[0][0] = _wrap(m.conv[0][0], temporal, num_segments, shift_div, impl, shift_impl)
     else:  # pragma: no cover - guarded by build_model
         raise ModelError(f"unknown architecture {arch!r}")
 
@@ -111,11 +113,62 @@ class TSN(nn.Module):
         return base_out.view(b, t, -1).mean(dim=1)
 
 
+def resolve_action_impl(action_impl: str | None) -> str:
+    """The ACTION implementation a model is built with: ``action_impl``, or when that is None or "auto" the
+    ``ACTION_IMPL`` environment variable if set (README: ``ACTION_IMPL=torch python train.py ...``), else "auto"."""
+    if action_impl in (None, "auto"):
+        action_impl = os.environ.get("ACTION_IMPL") or "auto"
+    return check_impl("action_impl", action_impl, ACTION_IMPLS)
+
+
+def set_impl(model: nn.Module, action_impl: str | None = None, shift_impl: str | None = None) -> nn.Module:
+    """Switch a built model's implementations in place (same weights, same results up to float noise): ACTION's
+    (``"auto"``, ``"triton"``, ``"torch"``; through :func:`resolve_action_impl`) and the shifts' (``"auto"``,
+    ``"fused"``, ``"reference"``). None leaves one as it is. Benchmarks and tests compare paths with it."""
+    from action.temporal import SHIFT_IMPLS
+
+    impl = resolve_action_impl(action_impl) if action_impl is not None else None
+    shift = check_impl("shift_impl", shift_impl, SHIFT_IMPLS) if shift_impl is not None else None
+    for m in model.modules():
+        if impl is not None and isinstance(m, Action):
+            m.impl = impl
+        if shift is not None and isinstance(m, (Action, TemporalShift)):
+            m.shift_impl = shift
+    return model
+
+
+def zero_init_residual(base: nn.Module) -> int:
+    """Zero the scale of the last batch norm of every residual branch (torchvision's ``zero_init_residual``,
+    timm's ``zero_init_last``; MobileNetV2's inverted residuals with a skip too): each block starts as the
+    identity, which keeps a from-scratch run at the official lr from diverging (issue 22: R50 on a fixed batch
+    of 4 clips at lr 0.01 went 3.3 -> 1.4 -> 8-17 in 12 steps with the default init). Returns how many."""
+    from torchvision.models.mobilenetv2 import InvertedResidual
+    from torchvision.models.resnet import BasicBlock, Bottleneck
+
+    done = 0
+    for m in base.modules():
+        bn = None
+        if isinstance(m, Bottleneck):
+            bn = m.bn3
+        elif isinstance(m, BasicBlock):
+            bn = m.bn2
+        elif isinstance(m, InvertedResidual) and m.use_res_connect:
+            bn = m.conv[-1]
+        if isinstance(bn, nn.BatchNorm2d):
+            nn.init.zeros_(bn.weight)
+            done += 1
+    return done
+
+
 def build_model(arch: str = "resnet50", num_classes: int = 83, num_segments: int = 8, temporal: str = "action",
-                shift_div: int = 8, dropout: float = 0.5, pretrained: str | Path | None = None) -> TSN:
+                shift_div: int = 8, dropout: float = 0.5, pretrained: str | Path | None = None,
+                action_impl: str | None = None, shift_impl: str = "auto", zero_init: bool = True) -> TSN:
     """Build the TSN model. ``pretrained`` is a local file holding a torchvision ImageNet state dict for the
     backbone (``torch.load(weights_only=True)``; its ``fc``/``classifier`` keys are ignored) — never a
-    download. See :mod:`action.models` for the layout and state-dict names."""
+    download. Without it, ``zero_init`` zeroes the last BN scale of every residual branch
+    (:func:`zero_init_residual`; False = the official init). ``action_impl`` / ``shift_impl``: how the temporal
+    modules compute (:func:`set_impl`; same parameters and results either way). See :mod:`action.models` for the
+    layout and state-dict names."""
     arch = str(arch).lower().replace("_", "")
     if arch not in ARCHS:
         raise ModelError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
@@ -131,11 +184,14 @@ def build_model(arch: str = "resnet50", num_classes: int = 83, num_segments: int
         from action.checkpoint import load_backbone_weights
 
         load_backbone_weights(base, pretrained)
+    elif zero_init:
+        zero_init_residual(base)
     if arch == "mobilenetv2":
         feature_dim = base.classifier[-1].in_features
         base.classifier = nn.Dropout(p=float(dropout))
     else:
         feature_dim = base.fc.in_features
         base.fc = nn.Dropout(p=float(dropout))
-    insert_temporal(base, arch, temporal, int(num_segments), int(shift_div))
+    insert_temporal(base, arch, temporal, int(num_segments), int(shift_div), resolve_action_impl(action_impl),
+                    shift_impl)
     return TSN(base, feature_dim, int(num_classes), int(num_segments), arch, temporal, float(dropout))

@@ -10,7 +10,7 @@
     multiply-adds over time-shifted views — instead of permuting to (N·H·W, C, T), running a depthwise
     ``Conv1d`` and permuting back (two full copies each way, forward and backward); on channels_last inputs
     it runs on the free (N, T, H·W, C) view as one autograd Function (:class:`_ShiftChannelsLast`) on GPU
-    and as mkldnn's depthwise (3, 1) convolution on CPU (:data:`SHIFT_IMPL`);
+    and as mkldnn's depthwise (3, 1) convolution on CPU (:data:`SHIFT_IMPLS`);
   - the big-tensor front (shift, squeeze GEMM, pooling) is one autograd Function (:class:`_ShiftSqueezePool`)
     whose backward accumulates the three incoming gradients into one buffer in place and gets the
     shift-weight gradient from one batched GEMM per clip;
@@ -26,7 +26,7 @@
   The parameters stay ordinary ``Conv1d``/``Conv2d``/``Conv3d``/``BatchNorm2d`` submodules (same shapes,
   same initialisation as the official code); only the forward uses their weights differently. On CUDA the
   big-tensor work runs as fused Triton kernels instead (:mod:`action.fused_action`, chosen by
-  :data:`ACTION_IMPL`); both paths share the gate maths (:meth:`Action._gates`).
+  the module's ``impl``, :data:`ACTION_IMPLS`); both paths share the gate maths (:meth:`Action._gates`).
 
 * :class:`TemporalShift` — plain TSM shift (fixed, not learnable, 1/``shift_div`` of the channels each way).
 
@@ -34,8 +34,6 @@ The official module computes the same thing as :class:`tests.action_reference.Re
 check both agree in train and eval mode, forward and backward.
 """
 from __future__ import annotations
-
-import os
 
 import torch
 import torch.nn.functional as F
@@ -82,32 +80,34 @@ def _shift_nograd(x5: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return out
 
 
-# How the shifts run (read at forward time; benchmarks and tests flip it to compare):
+# How the shifts run (a model option: build_model(shift_impl=...), the modules' ``shift_impl`` attribute):
 # "auto" (default) = the autograd Functions of this module, except ACTION's shift on channels_last CPU input,
 #     where mkldnn's depthwise (3, 1) convolution is faster (fwd+bwd of a 256-channel 28x28 block, 16 frames:
 #     19.5 ms vs 25-29 ms on 2 cores); on an H200 the Function makes the ACTION-R50 bf16 step 1.30x faster
 #     (175 vs 229 ms, batch 32x8x224^2) and the TSM step 1.69x faster (62 vs 105 ms; bench/results/gpu/);
 # "fused" = the Functions everywhere; "reference" = TSM through slice assignments and ACTION's channels_last
 #     shift as the depthwise (3, 1) convolution -- the formulations the Functions replaced.
-SHIFT_IMPL = "auto"
+SHIFT_IMPLS = ("auto", "fused", "reference")
 
-# Which ACTION block runs (read at forward time; the explicit switch for training, benchmarks and tests):
-# "auto" (default) = the fused Triton kernels of action/fused_action.py on CUDA tensors when triton imports, the
-#     torch path of this module otherwise; "triton" = the Triton kernels on any device (CPU tensors need
-#     TRITON_INTERPRET=1: tests); "torch" = this module's path. Under torch.compile the torch path always runs
-#     (the kernels' autograd Functions are eager-only; inductor fuses the torch path itself). While it is "auto",
-#     the environment variable ACTION_IMPL (same values) decides, so `ACTION_IMPL=torch python train.py ...` works.
-ACTION_IMPL = "auto"
+# Which ACTION block runs (a model option: build_model(action_impl=...), Config.action_impl, the modules'
+# ``impl`` attribute): "auto" = the fused Triton kernels of action/fused_action.py (PyTorch custom operators, so
+# torch.compile traces them) on CUDA tensors when triton imports, the torch path of this module otherwise;
+# "triton" = the kernels on any device (CPU tensors need TRITON_INTERPRET=1: tests); "torch" = this module's
+# path. build_model resolves "auto" through the environment variable ACTION_IMPL (same values) when it is set,
+# so `ACTION_IMPL=torch python train.py ...` keeps working.
+ACTION_IMPLS = ("auto", "triton", "torch")
 
 
-def _use_triton(x: torch.Tensor) -> bool:
-    impl = ACTION_IMPL if ACTION_IMPL != "auto" else (os.environ.get("ACTION_IMPL") or "auto")
+def check_impl(name: str, value: str, allowed: tuple[str, ...]) -> str:
+    """``value`` if it is one of ``allowed``, else a one-line ValueError naming the option."""
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, not {value!r} "
+                         f"(build_model({name}=...) / the ACTION_IMPL environment variable)")
+    return value
+
+
+def _use_triton(x: torch.Tensor, impl: str) -> bool:
     if impl == "torch":
-        return False
-    if impl not in ("auto", "triton"):
-        raise ValueError(f"ACTION_IMPL must be 'auto', 'triton' or 'torch', not {impl!r} "
-                         f"(action.temporal.ACTION_IMPL / the ACTION_IMPL environment variable)")
-    if torch.compiler.is_compiling():  # the kernels' Functions are eager-only
         return False
     if impl == "triton":
         return True
@@ -116,6 +116,7 @@ def _use_triton(x: torch.Tensor) -> bool:
     from action import fused_action
 
     return fused_action.available()
+
 
 _SMALL_FRAME = 100  # frames with fewer pixels use mkldnn's 1×1 conv for the squeeze GEMM (measured on CPU)
 
@@ -275,11 +276,14 @@ class Action(nn.Module):
     ``fold = C // shift_div``. State-dict names match the official ``models/action.py``.
     """
 
-    def __init__(self, net: nn.Conv2d, n_segment: int = 8, shift_div: int = 8) -> None:
+    def __init__(self, net: nn.Conv2d, n_segment: int = 8, shift_div: int = 8, impl: str = "auto",
+                 shift_impl: str = "auto") -> None:
         super().__init__()
         self.net = net
         self.n_segment = int(n_segment)
         self.shift_div = int(shift_div)
+        self.impl = check_impl("action_impl", impl, ACTION_IMPLS)
+        self.shift_impl = check_impl("shift_impl", shift_impl, SHIFT_IMPLS)
         self.in_channels = c = net.in_channels
         self.reduced_channels = r = c // 16
         if r < 1:
@@ -308,7 +312,7 @@ class Action(nn.Module):
         r = self.reduced_channels
         if n * t != nt:
             raise ValueError(f"ACTION: batch dimension {nt} is not a multiple of n_segment={t}")
-        if _use_triton(x):
+        if _use_triton(x, self.impl):
             from action import fused_action
 
             return self.net(fused_action.gated_input(self, x, n, t))
@@ -321,7 +325,7 @@ class Action(nn.Module):
             wmean = torch.full((1, c, 1, 1), 1.0 / c, dtype=wq.dtype, device=wq.device)
             w_sq = torch.cat([wq, wmean], 0)
             # (N·T, C, H, W) channels_last is (N, T, H·W, C) in memory: the shift runs on that view, no copy
-            if SHIFT_IMPL == "reference" or (SHIFT_IMPL == "auto" and not x.is_cuda):
+            if self.shift_impl == "reference" or (self.shift_impl == "auto" and not x.is_cuda):
                 # as a depthwise (3, 1) conv on the (N, C, T, H·W) view (mkldnn: the faster one on CPU)
                 x4 = x.permute(0, 2, 3, 1).reshape(n, t, h * w, c).permute(0, 3, 1, 2)
                 xs = F.conv2d(x4, self.action_shift.weight.unsqueeze(-1).to(x.dtype), padding=(1, 0), groups=c)
@@ -378,11 +382,12 @@ class TemporalShift(nn.Module):
     2·fold)`` the previous one, zero-padded in time; no parameters of its own. ``net`` keeps the name
     ``…conv1.net`` as in the official code."""
 
-    def __init__(self, net: nn.Module, n_segment: int = 8, shift_div: int = 8) -> None:
+    def __init__(self, net: nn.Module, n_segment: int = 8, shift_div: int = 8, shift_impl: str = "auto") -> None:
         super().__init__()
         self.net = net
         self.n_segment = int(n_segment)
         self.shift_div = int(shift_div)
+        self.shift_impl = check_impl("shift_impl", shift_impl, SHIFT_IMPLS)
 
     def extra_repr(self) -> str:
         return f"n_segment={self.n_segment}, shift_div={self.shift_div}"
@@ -393,7 +398,7 @@ class TemporalShift(nn.Module):
         if nt % t:
             raise ValueError(f"TSM: batch dimension {nt} is not a multiple of n_segment={t}")
         fold = c // self.shift_div
-        if SHIFT_IMPL == "reference":  # the official formulation (autograd through slice assignments)
+        if self.shift_impl == "reference":  # the official formulation (autograd through slice assignments)
             x5 = x.reshape(nt // t, t, c, h, w)
             out = torch.zeros_like(x5)
             out[:, :-1, :fold] = x5[:, 1:, :fold]

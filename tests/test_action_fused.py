@@ -72,6 +72,7 @@ def _check(got: torch.Tensor, want: torch.Tensor, tol: float, what: str) -> None
 
 def _run_pair(device, *, c=48, t=3, n=2, hw=5, channels_last=True, bf16=False, train=True):
     mod, ref = _pair(c, t)
+    mod.impl = "triton"
     mod.to(device).train(train)
     ref.train(train)
     x = torch.randn(n * t, c, hw, hw)
@@ -97,8 +98,7 @@ CASES = {  # name: kwargs of _run_pair
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_fused_matches_official_formulation(device, case, monkeypatch):
-    monkeypatch.setattr(AT, "ACTION_IMPL", "triton")
+def test_fused_matches_official_formulation(device, case):
     kw = CASES[case]
     tol = 2e-2 if kw.get("bf16") else 1e-5
     mod, ref, out, want, xf, xr = _run_pair(device, **kw)
@@ -119,7 +119,6 @@ def test_fused_with_the_gpu_block_sizes(device, monkeypatch):
     interpreter too, so CI covers the configuration the GPU runs."""
     from action import fused_action as FA
 
-    monkeypatch.setattr(AT, "ACTION_IMPL", "triton")
     monkeypatch.setattr(FA, "CPU_BLOCKS", FA.GPU_BLOCKS)
     mod, ref, out, want, xf, xr = _run_pair(device, c=80, t=3, n=1, hw=9)
     _check(out, want, 1e-5, "output")
@@ -133,6 +132,7 @@ def test_official_checkpoint_logits_through_the_fused_path(device, tmp_path, mon
     import copy
 
     from action import build_model, load_checkpoint
+    from action.models import set_impl
     from tests.action_reference import make_reference_model
 
     torch.manual_seed(0)
@@ -148,7 +148,7 @@ def test_official_checkpoint_logits_through_the_fused_path(device, tmp_path, mon
     model.eval().to(device)
     from action import fused_action as FA
 
-    monkeypatch.setattr(AT, "ACTION_IMPL", "triton")
+    set_impl(model, "triton")
     monkeypatch.setattr(FA, "CPU_BLOCKS", FA.GPU_BLOCKS)  # fewer interpreted programs: the values are the test
     x = torch.randn(2, 2, 3, 32, 32)
     with torch.no_grad():
@@ -165,7 +165,7 @@ def test_fused_matches_torch_path_at_resnet_size_on_cuda(device, monkeypatch):
     x = torch.randn(16, 256, 56, 56)
     res = {}
     for impl in ("triton", "torch"):
-        monkeypatch.setattr(AT, "ACTION_IMPL", impl)
+        mod.impl = impl
         mod.zero_grad()
         xi = x.cuda().contiguous(memory_format=torch.channels_last).requires_grad_()
         with torch.autocast("cuda", dtype=torch.bfloat16):
@@ -188,11 +188,11 @@ def _compile_for_sm90() -> None:
     target = GPUTarget("cuda", 90, 32)
     backend = triton.compiler.make_backend(target)
     strides = {f"s{a}{d}": "i32" for a in "xogd" for d in "fcp"}
-    types = {"C": "i32", "P": "i32", "T": "i32", "NCB": "i32", "NPS": "i32", "P_CHUNK": "i32", "inv_p": "fp32",
-             "w_ptr": "*fp32", "dgate_ptr": "*fp32", "ds1_ptr": "*fp32", "dw_ptr": "*fp32", "dpx_ptr": "*fp32"}
+    types = {"C": "i32", "P": "i32", "T": "i32", "NCB": "i32", "NPS": "i32", "P_CHUNK": "i32",
+             "w_ptr": "*fp32", "dgate_ptr": "*fp32", "ds1_ptr": "*fp32", "dw_ptr": "*fp32"}
     sixteen = {"C", "P", "P_CHUNK"} | {k for k in strides if not k.endswith("c")}  # channels_last: stride_c = 1
     for kernel, consts in ((k_fwd, dict(BP=64, BC=64)), (k_red, dict(BP=32, BC=64)),
-                           (k_in, dict(BP=64, BC=64, HAS_DX=True, HAS_DPX=True))):
+                           (k_in, dict(BP=64, BC=64))):
         names = kernel.arg_names
         consts = {**consts, **{n: 1 for n in names if n in strides and n.endswith("c")}}
         sig = {n: "constexpr" if n in consts else types.get(n, strides.get(n, "*bf16")) for n in names}
@@ -220,30 +220,32 @@ def test_kernels_compile_for_the_h200(tmp_path):
 
 
 def test_dispatch_and_errors(monkeypatch):
+    from action.models import build_model, resolve_action_impl, set_impl
+
     x = torch.randn(4, 32, 3, 3)
-    monkeypatch.delenv("ACTION_IMPL", raising=False)
     for impl, want in (("auto", False), ("torch", False), ("triton", True)):
-        monkeypatch.setattr(AT, "ACTION_IMPL", impl)
-        assert AT._use_triton(x) is want, impl  # CPU tensors: auto keeps the torch path
-    # the environment variable decides while the attribute is "auto"; an explicit attribute wins
+        assert AT._use_triton(x, impl) is want, impl  # CPU tensors: auto keeps the torch path
+    # the option wins; while it is None or "auto" the environment variable decides (README: ACTION_IMPL=torch)
+    monkeypatch.delenv("ACTION_IMPL", raising=False)
+    assert resolve_action_impl(None) == "auto" and resolve_action_impl("torch") == "torch"
     monkeypatch.setenv("ACTION_IMPL", "triton")
-    monkeypatch.setattr(AT, "ACTION_IMPL", "auto")
-    assert AT._use_triton(x) is True
-    monkeypatch.setattr(AT, "ACTION_IMPL", "torch")
-    assert AT._use_triton(x) is False
+    assert resolve_action_impl(None) == "triton" and resolve_action_impl("torch") == "torch"
+    m = build_model("resnet18", num_classes=3, num_segments=2)
+    assert {a.impl for a in m.modules() if isinstance(a, AT.Action)} == {"triton"}
+    set_impl(m, "torch", "reference")
+    assert {(a.impl, a.shift_impl) for a in m.modules() if isinstance(a, AT.Action)} == {("torch", "reference")}
     monkeypatch.setenv("ACTION_IMPL", "cuda")
-    monkeypatch.setattr(AT, "ACTION_IMPL", "auto")
-    with pytest.raises(ValueError, match="ACTION_IMPL must be"):
-        AT._use_triton(x)
+    with pytest.raises(ValueError, match="action_impl must be one of"):
+        resolve_action_impl(None)
     monkeypatch.delenv("ACTION_IMPL")
-    monkeypatch.setattr(AT, "ACTION_IMPL", "cuda")
-    with pytest.raises(ValueError, match="ACTION_IMPL must be"):
-        AT._use_triton(x)
+    with pytest.raises(ValueError, match="action_impl must be one of"):
+        AT.Action(nn.Conv2d(32, 8, 1, bias=False), n_segment=4, impl="cuda")
+    with pytest.raises(ValueError, match="shift_impl must be one of"):
+        AT.TemporalShift(nn.Identity(), n_segment=4, shift_impl="fast")
     if HAS_TRITON:  # the Triton path on CPU without the interpreter: one clear error, not a crash in triton
-        monkeypatch.setattr(AT, "ACTION_IMPL", "triton")
         monkeypatch.delenv("TRITON_INTERPRET", raising=False)
         with pytest.raises(ModelError, match="TRITON_INTERPRET=1"):
-            AT.Action(nn.Conv2d(32, 8, 1, bias=False), n_segment=4)(x)
+            AT.Action(nn.Conv2d(32, 8, 1, bias=False), n_segment=4, impl="triton")(x)
 
 
 def test_product_without_triton():
@@ -261,8 +263,8 @@ m = AT.Action(torch.nn.Conv2d(32, 5, 1), n_segment=2)
 x = torch.randn(4, 32, 6, 6)
 with torch.no_grad():
     ref = m(x)
-    assert FA.available() is False and AT._use_triton(x) is False
-    AT.ACTION_IMPL = 'triton'
+    assert FA.available() is False and AT._use_triton(x, 'auto') is False
+    m.impl = 'triton'
     try:
         m(x)
     except ModelError as e:

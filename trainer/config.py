@@ -143,6 +143,16 @@ class Config:
     test_crops: int = _f(1, click.Choice([1, 3]), "crops per clip in `test` (1 centre or 3 full-resolution)")
     test_sampling: str = _f("uniform", click.Choice(["uniform", "random"]), "test clip offsets: even (repeatable) or random (original)")
     dist_timeout: int = _f(300, _int(10, 86400), "seconds before a stuck collective ends the job")
+    # model computation and from-scratch stability (issue 22): how ACTION runs, the residual init, lr warmup
+    action_impl: str = _f("auto", click.Choice(["auto", "triton", "torch"]),
+                          "ACTION implementation: triton = the fused kernels (custom ops, torch.compile traces them), "
+                          "torch = the plain path; auto = triton on CUDA when it imports (or the ACTION_IMPL "
+                          "environment variable when set)")
+    zero_init_residual: bool = _f(True, _B, "from scratch (no --pretrained): zero the last BN scale of every residual "
+                                            "branch (torchvision zero_init_residual); --no-zero-init-residual = the "
+                                            "official init")
+    warmup_epochs: float = _f(0.0, _float(0.0, 1000.0), "linear lr warmup over this many epochs, per step (0 = off, "
+                                                        "the official recipe)")
 
     def validate(self) -> "Config":
         """Cross-field rules (each field was checked against its type by :func:`make_config`)."""

@@ -15,7 +15,8 @@ def build_model_for(cfg: Config, num_classes: int, info: DistInfo):
     torch.manual_seed(cfg.seed)
     model = build_model(arch=cfg.arch, num_classes=num_classes, num_segments=cfg.num_segments,
                         temporal=cfg.temporal, shift_div=cfg.shift_div, dropout=cfg.dropout,
-                        pretrained=cfg.pretrained or None)
+                        pretrained=cfg.pretrained or None, action_impl=cfg.action_impl,
+                        zero_init=cfg.zero_init_residual)
     if cfg.init_from:
         load_checkpoint(model, cfg.init_from)
     model.to(info.device)
@@ -60,9 +61,43 @@ def build_scheduler(cfg: Config, optimizer):
 
 
 def base_lr(optimizer) -> float:
-    """The schedule's current base lr (group lr / its lr_mult), for the logs."""
+    """The base lr the next step uses (group lr x its warmup factor / its lr_mult), for the logs."""
     g = optimizer.param_groups[0]
-    return g["lr"] / g["lr_mult"]
+    return g["lr"] * _warmup_factor(g) / g["lr_mult"]
+
+
+def _warmup_factor(group: dict) -> float:
+    total = group.get("warmup_steps", 0)
+    return min(1.0, (group.get("warmup_step", 0) + 1) / total) if total else 1.0
+
+
+def install_warmup(optimizer, cfg: Config, steps_per_epoch: int) -> int:
+    """Linear lr warmup over ``cfg.warmup_epochs`` epochs, per optimizer step: step k (from 0) runs at
+    (k + 1) / W of the scheduled lr, W = round(warmup_epochs x steps_per_epoch). The schedule (MultiStepLR, per
+    epoch) keeps owning ``group["lr"]``: a pre-step hook scales it for the step and a post-step hook restores it.
+    The step count lives in the param groups (``warmup_step``), so it is saved with the optimizer state and a
+    resumed run (or the synthetic-rate measurement, which restores the optimizer) continues exactly. Returns W."""
+    total = round(cfg.warmup_epochs * steps_per_epoch)
+    if total <= 0:
+        return 0
+    for g in optimizer.param_groups:
+        g.setdefault("warmup_step", 0)
+        g["warmup_steps"] = total
+    scheduled: list[float] = []
+
+    def pre(opt, args, kwargs):
+        scheduled[:] = [g["lr"] for g in opt.param_groups]
+        for g in opt.param_groups:
+            g["lr"] = g["lr"] * _warmup_factor(g)
+
+    def post(opt, args, kwargs):
+        for g, lr in zip(opt.param_groups, scheduled):
+            g["lr"] = lr
+            g["warmup_step"] += 1
+
+    optimizer.register_step_pre_hook(pre)
+    optimizer.register_step_post_hook(post)
+    return total
 
 
 def resume_schedule(cfg: Config, optimizer, scheduler, state: dict | None, epoch: int) -> None:
