@@ -20,7 +20,6 @@ BN (the official scripts never enable it); MobileNetV2 is torchvision's (the off
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
@@ -114,11 +113,8 @@ class TSN(nn.Module):
 
 
 def resolve_action_impl(action_impl: str | None) -> str:
-    """The ACTION implementation a model is built with: ``action_impl``, or when that is None or "auto" the
-    ``ACTION_IMPL`` environment variable if set (README: ``ACTION_IMPL=torch python train.py ...``), else "auto"."""
-    if action_impl in (None, "auto"):
-        action_impl = os.environ.get("ACTION_IMPL") or "auto"
-    return check_impl("action_impl", action_impl, ACTION_IMPLS)
+    """The ACTION implementation a model is built with (None = "auto")."""
+    return check_impl("action_impl", action_impl or "auto", ACTION_IMPLS)
 
 
 def set_impl(model: nn.Module, action_impl: str | None = None, shift_impl: str | None = None) -> nn.Module:

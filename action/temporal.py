@@ -93,8 +93,7 @@ SHIFT_IMPLS = ("auto", "fused", "reference")
 # ``impl`` attribute): "auto" = the fused Triton kernels of action/fused_action.py (PyTorch custom operators, so
 # torch.compile traces them) on CUDA tensors when triton imports, the torch path of this module otherwise;
 # "triton" = the kernels on any device (CPU tensors need TRITON_INTERPRET=1: tests); "torch" = this module's
-# path. build_model resolves "auto" through the environment variable ACTION_IMPL (same values) when it is set,
-# so `ACTION_IMPL=torch python train.py ...` keeps working.
+# path (train.py --action-impl).
 ACTION_IMPLS = ("auto", "triton", "torch")
 
 
@@ -102,7 +101,7 @@ def check_impl(name: str, value: str, allowed: tuple[str, ...]) -> str:
     """``value`` if it is one of ``allowed``, else a one-line ValueError naming the option."""
     if value not in allowed:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, not {value!r} "
-                         f"(build_model({name}=...) / the ACTION_IMPL environment variable)")
+                         f"(build_model({name}=...), train.py --action-impl)")
     return value
 
 
@@ -367,10 +366,12 @@ class Action(nn.Module):
         # p3: motion gate, pooled before the difference. avgpool(dwconv3x3(m)) is a per-channel weighted sum
         # of m with weights A = Σ_taps w_tap · [tap lands inside the zero-padded frame], so the depthwise conv
         # is never run at full resolution.
+        # Both pooled terms in fp32 (m may be bf16 under autocast): their difference d cancels where the motion is
+        # small, and bf16 means (8 bits) would leave rounding noise of ~0.4 % of |mean m| in it.
         mm = m.reshape(nt, r, h * w)
-        amap = _pooled_conv_weights(self.action_p3_conv1.weight, h, w).to(mm.dtype)
-        pd = (mm * amap).sum(-1).mul_(1.0 / (h * w)).view(n, t, r)
-        pm = mm.mean(-1).view(n, t, r)
+        amap = _pooled_conv_weights(self.action_p3_conv1.weight, h, w).float()
+        pd = (mm * amap).sum(-1).mul_(1.0 / (h * w)).view(n, t, r)  # fp32 by type promotion
+        pm = mm.mean(-1, dtype=torch.float32).view(n, t, r)
         d = F.pad(pd[:, 1:] - pm[:, :-1], (0, 0, 0, 1))
         g3 = torch.sigmoid(F.linear(d.reshape(nt, r), self.action_p3_expand.weight.view(c, r)))
 

@@ -12,8 +12,9 @@
 # profile  tools/profile_loader.py --device cuda: torch, torch:nvjpeg, dali (mixed), dali:once
 # train    ACTION-R50 8x224^2 bf16, real data vs synthetic batches in the same process (--ceiling-steps), fed by
 #          torch:nvjpeg (--decode-on device) and by dali
-# model    bench/gpu_model.py: TSN / TSM / ACTION's torch path and its fused kernels (action@FUSED, when
-#          gpu_model.py offers it), interleaved in one process (MODEL_VARIANTS=... to choose, e.g. +compile)
+# model    issue 22: bench/gpu_model.py: TSN / TSM / ACTION's torch path and its fused kernels, eager and compiled,
+#          interleaved in one process (MODEL_VARIANTS=... to choose), + the fused kernels' GB/s vs copy
+# bf16     issue 22: the demo dataset trained in bf16 and in fp32 (same seed): val top-1 of both
 # ddp      train.py under torchrun with 2 processes, when the host has 2 GPUs (NCCL wants one GPU per rank)
 # loaders  issue 21: tools/profile_loader.py sweep of the DALI variants (ROI / full-frame decode, parallel feed,
 #          hw_decoder_load, prefetch) beside torch and torch:nvjpeg, at 2, 4 and 12 workers, with the CPU cost
@@ -232,20 +233,67 @@ if want feed; then
 fi
 # ============================================================================ end of issue 21's section
 
-if want model; then
-  echo "== model: step time of TSN / TSM / ACTION (torch path, fused kernels), R50 batch 32x8x224^2 bf16"
-  # torch.compile costs ~90 s per variant (action+compile measured 151 ms before): add it with MODEL_VARIANTS
-  if $PY bench/gpu_model.py --help 2>/dev/null | grep -q -- "@$FUSED"; then
-    VARIANTS=${MODEL_VARIANTS:-none,tsm,action@torch,action@$FUSED}
+# ================================================================================ issue 22: ACTION kernels
+# Own section (functions action_*): `model` = bench/gpu_model.py (TSN / TSM / ACTION torch path / fused kernels,
+# eager and torch.compile, interleaved) + the fused kernels' achieved GB/s (--bandwidth); `bf16` = the demo dataset
+# trained on the GPU in bf16 and in fp32 (same seed; val top-1 of both in RESULTS/bf16_fidelity.json, target:
+# within 2 points). `STEPS=tests,model,bf16 bash bench/gpu_check.sh` is the issue-22 run (about 8-9 minutes:
+# raise BUDGET_S to 600). MODEL_VARIANTS=... picks the rows; torch.compile costs ~60-90 s per compiled variant.
+KDEMO=${KDEMO:-/tmp/gpu-kdemo}
+KDEMO_ARGS=${KDEMO_ARGS:---arch resnet18 --num-segments 8 --size 112 --batch-size 32 --epochs 6 --lr-steps 4 --no-zero-init-residual}
+action_model() {
+  local variants
+  if $PY bench/gpu_model.py --help 2>/dev/null | grep -q -- "--bandwidth"; then
+    variants=${MODEL_VARIANTS:-none,none+compile,tsm,action@torch,action@$FUSED,action@$FUSED+compile}
+    box 330 $PY bench/gpu_model.py --arch resnet50 --batch-size 32 --variants "$variants" --steps 15 --rounds 2 \
+      --bandwidth --json "$RESULTS/gpu_model.json" 2>&1 | tee "$RESULTS/gpu_model.log"
   else
-    echo "model: bench/gpu_model.py offers no '@$FUSED' variant: the fused ACTION kernels are not measured"
-    VARIANTS=${MODEL_VARIANTS:-none,tsm,action}
+    box 200 $PY bench/gpu_model.py --arch resnet50 --batch-size 32 --variants "${MODEL_VARIANTS:-none,tsm,action}" \
+      --steps 15 --rounds 2 --json "$RESULTS/gpu_model.json" 2>&1 | tee "$RESULTS/gpu_model.log"
   fi
-  t0=$SECONDS
-  box 200 $PY bench/gpu_model.py --arch resnet50 --batch-size 32 --variants "$VARIANTS" --steps 15 --rounds 2 \
-    --json "$RESULTS/gpu_model.json" 2>&1 | tee "$RESULTS/gpu_model.log"
-  step model "${PIPESTATUS[0]}" $((SECONDS - t0))
+  return "${PIPESTATUS[0]}"
+}
+action_bf16() {  # the demo's dataset and recipe (tools/demo.py) at 8 x 112^2 on the GPU, --amp bf16 vs none
+  local rc=0 amp
+  if [ ! -f "$KDEMO/shards/manifest.json" ]; then
+    box 120 $PY tools/make_synthetic.py "$KDEMO/raw" --layout jester --clips-per-class 300 --val-per-class 40 \
+      --test-clips 18 --size 96x72 --frames 12-16 --seed 0 --workers 8 > "$RESULTS/bf16_generate.log" 2>&1 || return 1
+    box 120 $PY tools/convert_dataset.py jester --raw "$KDEMO/raw" --out "$KDEMO/shards" --workers 8 \
+      >> "$RESULTS/bf16_generate.log" 2>&1 || return 1
+  fi
+  for amp in bf16 none; do
+    rm -rf "$KDEMO/run-$amp"
+    # shellcheck disable=SC2086
+    box 150 $PY train.py train --dataset jester --data "$KDEMO/shards" --run-dir "$KDEMO/run-$amp" --device cuda \
+      $KDEMO_ARGS --lr 0.01 --dropout 0 --no-fc-lr5 --workers "$WORKERS" --seed 0 --amp "$amp" --log-interval 10 \
+      --ceiling-steps 0 2>&1 | tee "$RESULTS/bf16_train_$amp.log" || rc=1
+    cp "$KDEMO/run-$amp/metrics.jsonl" "$RESULTS/bf16_${amp}_metrics.jsonl" 2>/dev/null
+  done
+  $PY - "$RESULTS" <<'PYEOF' || rc=1
+import json, sys
+from pathlib import Path
+res = Path(sys.argv[1])
+top1 = {}
+for amp in ("bf16", "none"):
+    rows = [json.loads(l) for l in (res / f"bf16_{amp}_metrics.jsonl").read_text().splitlines() if l.strip()]
+    top1[amp] = [r["val_top1"] for r in rows if r.get("kind") == "epoch" and "val_top1" in r]
+out = {"val_top1_per_epoch": {"bf16": top1["bf16"], "fp32": top1["none"]}, "final_bf16": top1["bf16"][-1],
+       "final_fp32": top1["none"][-1], "gap_points": top1["none"][-1] - top1["bf16"][-1]}
+(res / "bf16_fidelity.json").write_text(json.dumps(out, indent=1) + "\n")
+print(f"bf16 fidelity: val top-1 bf16 {out['final_bf16']:.1f} %, fp32 {out['final_fp32']:.1f} %, "
+      f"gap {out['gap_points']:+.1f} points (target within 2)")
+PYEOF
+  return $rc
+}
+if want model; then
+  echo "== model: step time of TSN / TSM / ACTION (torch path, fused kernels, compiled), R50 32x8x224^2 bf16"
+  t0=$SECONDS; action_model; step model $? $((SECONDS - t0))
 fi
+if want bf16; then
+  echo "== bf16: the demo dataset trained in bf16 and in fp32 on the GPU (same seed), val top-1 of both"
+  t0=$SECONDS; action_bf16; step bf16 $? $((SECONDS - t0))
+fi
+# ============================================================================ end of issue 22's section
 
 if want ddp; then
   if [ "$NGPU" -ge 2 ]; then

@@ -225,19 +225,13 @@ def test_dispatch_and_errors(monkeypatch):
     x = torch.randn(4, 32, 3, 3)
     for impl, want in (("auto", False), ("torch", False), ("triton", True)):
         assert AT._use_triton(x, impl) is want, impl  # CPU tensors: auto keeps the torch path
-    # the option wins; while it is None or "auto" the environment variable decides (README: ACTION_IMPL=torch)
-    monkeypatch.delenv("ACTION_IMPL", raising=False)
     assert resolve_action_impl(None) == "auto" and resolve_action_impl("torch") == "torch"
-    monkeypatch.setenv("ACTION_IMPL", "triton")
-    assert resolve_action_impl(None) == "triton" and resolve_action_impl("torch") == "torch"
-    m = build_model("resnet18", num_classes=3, num_segments=2)
+    m = build_model("resnet18", num_classes=3, num_segments=2, action_impl="triton")
     assert {a.impl for a in m.modules() if isinstance(a, AT.Action)} == {"triton"}
     set_impl(m, "torch", "reference")
     assert {(a.impl, a.shift_impl) for a in m.modules() if isinstance(a, AT.Action)} == {("torch", "reference")}
-    monkeypatch.setenv("ACTION_IMPL", "cuda")
     with pytest.raises(ValueError, match="action_impl must be one of"):
-        resolve_action_impl(None)
-    monkeypatch.delenv("ACTION_IMPL")
+        resolve_action_impl("cuda")
     with pytest.raises(ValueError, match="action_impl must be one of"):
         AT.Action(nn.Conv2d(32, 8, 1, bias=False), n_segment=4, impl="cuda")
     with pytest.raises(ValueError, match="shift_impl must be one of"):

@@ -111,9 +111,9 @@ def test_action_channels_last_matches(impl, train, monkeypatch):
     shift's included) as the official formulation, with the fused shift Function and with the depthwise conv."""
     import action.temporal as AT
 
-    monkeypatch.setattr(AT, "SHIFT_IMPL", impl)
     torch.manual_seed(3)
     opt, ref = _pair(c=64, t=4)
+    opt.shift_impl = impl
     with torch.no_grad():  # a non-trivial learned shift: every tap of every channel in play
         opt.action_shift.weight.add_(0.3 * torch.randn_like(opt.action_shift.weight))
         ref.action_shift.weight.copy_(opt.action_shift.weight)
@@ -146,8 +146,7 @@ def test_tsm_function_matches_the_official_formulation(channels_last, monkeypatc
     x = torch.randn(2 * 5, 16, 3, 4).contiguous(memory_format=fmt)
     outs, grads = [], []
     for impl in ("fused", "reference"):
-        monkeypatch.setattr(AT, "SHIFT_IMPL", impl)
-        tsm = TemporalShift(nn.Identity(), n_segment=5, shift_div=4)
+        tsm = TemporalShift(nn.Identity(), n_segment=5, shift_div=4, shift_impl=impl)
         xi = x.clone().requires_grad_()
         y = tsm(xi)
         assert y.is_contiguous(memory_format=fmt)
@@ -186,3 +185,25 @@ def test_tsm_shift_moves_folds():
     assert torch.equal(out[1:, 2:4], xv[:-1, 2:4]) and out[0, 2:4].eq(0).all()      # previous frame
     assert torch.equal(out[:, 4:], xv[:, 4:])                                        # untouched
     assert list(tsm.parameters()) == []
+
+
+def test_motion_excitation_pools_in_fp32_under_bf16_autocast():
+    """Static clips through an identity shift and an identity motion conv: the motion difference d is exactly 0,
+    so the motion expand weight gets no gradient. Its two pooled terms are computed in fp32 from the bf16 ``m``;
+    with bf16 means their rounding left a gradient 1.0e-2 of the channel gate's (measured) -- pure noise."""
+    torch.manual_seed(0)
+    mod = Action(nn.Conv2d(64, 16, 1, bias=False), n_segment=4, impl="torch")
+    with torch.no_grad():
+        mod.action_p3_conv1.weight.zero_()
+        mod.action_p3_conv1.weight[:, 0, 1, 1] = 1
+        mod.action_p3_bn1.weight.uniform_(0.5, 1.5)
+        mod.action_p3_bn1.bias.uniform_(-1, 1)
+        mod.action_shift.weight.zero_()
+        mod.action_shift.weight[:, 0, 1] = 1
+    clip = torch.randn(2, 1, 64, 6, 6)
+    x = clip.expand(2, 4, 64, 6, 6).reshape(8, 64, 6, 6).contiguous().bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = mod(x)
+    out.float().square().mean().backward()
+    ratio = (mod.action_p3_expand.weight.grad.norm() / mod.action_p2_expand.weight.grad.norm()).item()
+    assert mod.action_p2_expand.weight.grad.norm() > 0 and ratio < 1e-4, ratio

@@ -146,8 +146,7 @@ class Config:
     # model computation and from-scratch stability (issue 22): how ACTION runs, the residual init, lr warmup
     action_impl: str = _f("auto", click.Choice(["auto", "triton", "torch"]),
                           "ACTION implementation: triton = the fused kernels (custom ops, torch.compile traces them), "
-                          "torch = the plain path; auto = triton on CUDA when it imports (or the ACTION_IMPL "
-                          "environment variable when set)")
+                          "torch = the plain path; auto = triton on CUDA when it imports, torch otherwise")
     zero_init_residual: bool = _f(True, _B, "from scratch (no --pretrained): zero the last BN scale of every residual "
                                             "branch (torchvision zero_init_residual); --no-zero-init-residual = the "
                                             "official init")
