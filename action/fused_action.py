@@ -44,14 +44,10 @@ _MIN_PROGRAMS = 2048  # the reduction pass splits its pixel loop until it has ab
 _CONV_ALIGN = 8  # the squeeze conv's output channels are padded to a multiple of this (bf16 tensor-core tiles)
 
 
-@torch.compiler.assume_constant_result  # under torch.compile: called eagerly, its result a constant
-def available() -> bool:
-    """Whether triton imports here (the fused path's only extra requirement)."""
-    return _importable()
-
-
 @functools.lru_cache(maxsize=None)
-def _importable() -> bool:
+def available() -> bool:
+    """Whether triton imports here (the fused path's only extra requirement). Not called while torch.compile
+    traces (triton is there then: inductor needs it)."""
     try:
         import triton  # noqa: F401
     except Exception:  # noqa: BLE001 - any failure to import means "use the torch path"
@@ -347,11 +343,11 @@ def gated_input(mod, x: torch.Tensor, n: int, t: int) -> torch.Tensor:
     """The input of ``mod.net`` for the :class:`action.temporal.Action` ``mod``: ``shift(x) · (3 + σ_ste +
     σ_ce + σ_me)``, with the big-tensor work in the kernels above (custom operators: eager and torch.compile alike)
     and the small gate maths in :meth:`Action._gates` (shared with the torch path)."""
-    if not torch.compiler.is_compiling():
+    if not torch.compiler.is_compiling():  # checked eagerly; the compiled graph was traced after these passed
+        if not available():
+            raise ModelError("action_impl='triton' needs the triton package (it comes with CUDA builds of torch); "
+                             "use action_impl='torch'")
         _check_device(x)
-    if not available():
-        raise ModelError("action_impl='triton' needs the triton package (it comes with CUDA builds of torch); "
-                         "use action_impl='torch'")
     nt, c, h, w = x.shape
     r = mod.reduced_channels
     if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):

@@ -112,6 +112,8 @@ def _use_triton(x: torch.Tensor, impl: str) -> bool:
         return True
     if not x.is_cuda:
         return False
+    if torch.compiler.is_compiling():  # compiling for CUDA: inductor brings triton
+        return True
     from action import fused_action
 
     return fused_action.available()
