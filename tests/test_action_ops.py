@@ -76,6 +76,7 @@ def test_compile_fullgraph_action_block(device):
         _check(p.grad, grads[name].grad, 1e-5, f"{name} grad")
 
 
+@pytest.mark.slow  # ~4 min on 2 loaded cores (the interpreter runs 8 blocks' kernels, forward and backward)
 def test_compile_fullgraph_action_model(device, monkeypatch):
     """A whole ResNet-18 ACTION model (8 blocks) compiles as one graph with the kernels inside: logits and the
     gradients of every parameter equal the official formulation's (train mode, fp32)."""
