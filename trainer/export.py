@@ -2,7 +2,7 @@
 
     python train.py export --checkpoint runs/jester/best.pt --format onnx|pt2 --out model.onnx
 
-The model is exported through its torch path (``ACTION_IMPL="torch"``: no Triton kernel) by ``torch.export``
+The model is exported through its torch path (``action_impl="torch"``: no Triton kernel) by ``torch.export``
 with a dynamic batch axis. Input: float32 ``(B, T, 3, size, size)``, already normalised
 (:func:`pipelines.plan.presets.normalize` with the dataset preset's mean/std); output: logits ``(B, classes)``.
 ``pt2`` saves the ExportedProgram (:func:`torch.export.save`); ``onnx`` goes through the dynamo-based exporter
@@ -32,19 +32,24 @@ TOLERANCE = 1e-4
 FORMATS = ("onnx", "pt2")
 
 
-def _torch_path():
-    """Context: ACTION's torch path (the Triton kernels are eager CUDA-only functions export cannot trace)."""
+def _torch_path(model):
+    """Context: ACTION's torch path on ``model`` (export does not trace the Triton kernels' CPU interpreter);
+    each block's implementation option is restored afterwards."""
     import contextlib
 
-    from action import temporal
+    from action.temporal import Action
 
     @contextlib.contextmanager
     def ctx():
-        old, temporal.ACTION_IMPL = temporal.ACTION_IMPL, "torch"
+        blocks = [m for m in model.modules() if isinstance(m, Action)]
+        old = [m.impl for m in blocks]
+        for m in blocks:
+            m.impl = "torch"
         try:
             yield
         finally:
-            temporal.ACTION_IMPL = old
+            for m, impl in zip(blocks, old):
+                m.impl = impl
     return ctx()
 
 
@@ -58,7 +63,7 @@ def export_model(model, example, fmt: str, out: str) -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     batch = torch.export.Dim("batch", min=1, max=4096)
     shapes = {"x": {0: batch}}
-    with _torch_path(), torch.no_grad():
+    with _torch_path(model), torch.no_grad():
         if fmt == "pt2":
             ep = torch.export.export(model, (example,), dynamic_shapes=shapes)
             with atomic_path(out) as tmp:
@@ -114,7 +119,7 @@ def run_export(checkpoint: str, fmt: str, out: str, *, batch: int = 2, check_bat
     export_model(model, torch.randn((batch, *shape), generator=g), fmt, out)
     seconds = time.perf_counter() - t0
     x = torch.randn((check_batch, *shape), generator=g)
-    with _torch_path(), torch.inference_mode():
+    with _torch_path(model), torch.inference_mode():
         ref = model(x)
     got = run_exported(fmt, out, x)
     diff = max_rel_diff(ref, got)
