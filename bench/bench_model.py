@@ -108,7 +108,7 @@ def bench_blocks(reps: int, clips: int, frames: int, scale: int) -> list[dict]:
 def bench_model(reps: int, clips: int, size: int, frames: int = 8, channels_last: bool = False) -> dict:
     torch.manual_seed(0)
     none = build_model("resnet50", num_classes=83, num_segments=frames, temporal="none")
-    opt = build_model("resnet50", num_classes=83, num_segments=frames, temporal="action")
+    opt = build_model("resnet50", num_classes=83, num_segments=frames, temporal="action", action_impl="torch")
     ref = make_reference_model(copy.deepcopy(opt))
     models = {"none": none, "optimised": opt, "reference": ref}
     if channels_last:
@@ -134,7 +134,7 @@ def bench_model(reps: int, clips: int, size: int, frames: int = 8, channels_last
 
 def check_bf16(size: int = 112) -> dict:
     torch.manual_seed(0)
-    m = build_model("resnet50", num_classes=83, num_segments=8, temporal="action")
+    m = build_model("resnet50", num_classes=83, num_segments=8, temporal="action", action_impl="torch")
     x = torch.randn(1, 8, 3, size, size)
     t0 = time.perf_counter()
     with torch.autocast("cpu", dtype=torch.bfloat16):
