@@ -21,7 +21,8 @@ def make_checkpoint(path: Path, *, arch: str = "resnet18", temporal: str = "acti
     torch.manual_seed(seed)
     cfg = Config(dataset="jester", data="x", arch=arch, temporal=temporal, num_segments=num_segments, size=size,
                  run_dir=str(path.parent))
-    model = build_model(arch=arch, num_classes=len(classes), num_segments=num_segments, temporal=temporal)
+    model = build_model(arch=arch, num_classes=len(classes), num_segments=num_segments, temporal=temporal,
+                        zero_init=False)  # the official init: every residual branch live
     with torch.no_grad():
         for p in model.parameters():
             p.add_(spread * torch.randn_like(p))
