@@ -30,7 +30,7 @@ import click
 
 from common.files import atomic_write_json
 from pipelines.shards.storage import redact_logs, scrub, shown
-from trainer import data, rundir
+from trainer import data, predictions, rundir
 from trainer.checkpoint import Checkpointer, check_in_run
 from trainer.config import Config, config_options, make_config, merge_saved
 from trainer.dist import all_gather_objects, any_rank, distributed, elastic_seed, env_rank
@@ -281,8 +281,18 @@ def run_eval(cfg: Config, checkpoint: Path, mode: str, split: str = "val") -> di
         if mode == "test":
             extra = {"test_clips": cfg.test_clips, "test_crops": cfg.test_crops, "test_sampling": cfg.test_sampling}
         loader = data.build(cfg, info, split, mode, **extra)
-        res = evaluate(model, loader, cfg, info, data.ModelInput(cfg.dataset, info.device))
+        res = evaluate(model, loader, cfg, info, data.ModelInput(cfg.dataset, info.device), per_clip=True)
         res.update(kind=mode, split=split, checkpoint=str(checkpoint))
+        rows, scores, score = res.pop("rows"), res.pop("scores"), res.pop("score")
+        if info.main:
+            meta = loader.shards.metadata()  # the clip ids and labels of the split's rows
+            res["predictions"] = predictions.write(
+                cfg.run_dir, f"predictions-{split}" + ("" if mode == "test" else "-eval"), split=split,
+                dataset=cfg.dataset, classes=list(loader.shards.classes), keys=[meta["key"][r] for r in rows.tolist()],
+                labels=meta["label"][rows.numpy()], scores=scores, score=score, checkpoint=str(checkpoint))
+        if not res["labelled"]:  # hidden labels (Jester / SSv2 test): predictions only, no accuracy
+            for k in ("top1", "top5", "loss", "per_class"):
+                res.pop(k)
         if info.main:
             MetricsLog(Path(cfg.run_dir), True).write(res, 0)
         return res
@@ -353,8 +363,11 @@ def _eval_command(mode: str):
     return cmd
 
 
-cli.command("eval", help="Single-clip validation top-1/top-5 of a checkpoint (exact under DDP).")(_eval_command("val"))
-cli.command("test", help="Multi-clip × multi-crop test (softmax averaged over --test-clips × --test-crops views).")(
+cli.command("eval", help="Single-clip validation top-1/top-5 of a checkpoint (exact under DDP); per-clip predictions "
+                         "in RUN/predictions-SPLIT-eval.{csv,json,npy}.")(_eval_command("val"))
+cli.command("test", help="Multi-clip × multi-crop test (softmax averaged over --test-clips × --test-crops views); "
+                         "per-clip top-5 in RUN/predictions-SPLIT.{csv,json,npy} (the CSV in the dataset's leaderboard "
+                         "format); on a split without labels (Jester/SSv2 test) no accuracy.")(
     _eval_command("test"))
 
 

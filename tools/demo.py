@@ -41,6 +41,9 @@ import threading
 import time
 from pathlib import Path
 
+if __package__ in (None, ""):  # run as a script from a checkout without `pip install -e .`
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 import click
 
 ROOT = Path(__file__).resolve().parent.parent

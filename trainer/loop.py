@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from trainer.config import Config
-from trainer.dist import DistInfo, all_reduce_sum
+from trainer.dist import DistInfo, all_gather_objects, all_reduce_sum
 from trainer.errors import TrainingError
 from trainer.model import autocast, base_lr
 
@@ -163,48 +163,78 @@ def train_one_epoch(p: Parts, loader, cfg: Config, info: DistInfo, prog: Progres
             "lr": base_lr(p.optimizer), **cpu_epoch.lap(clips_epoch, epoch_time)}
 
 
-def evaluate(model, loader, cfg: Config, info: DistInfo, to_input: Callable) -> dict:
-    """Top-1/top-5 over the loader, exact under DDP (sum-reduced counts, every clip once). Test batches are
-    (B, V, T, 3, H, W): softmax per view, averaged over views (the original multi-clip x multi-crop test)."""
+def _scores(model, x):
+    """Scores of a batch: logits of (B, T, 3, H, W) clips; for test batches (B, V, T, 3, H, W) the softmax per
+    view averaged over the V views (the original multi-clip x multi-crop test). ``(scores, multi_view)``."""
+    if x.dim() == 6:
+        b, v = x.shape[:2]
+        return model(x.flatten(0, 1)).float().softmax(-1).view(b, v, -1).mean(1), True
+    return model(x).float(), False
+
+
+def evaluate(model, loader, cfg: Config, info: DistInfo, to_input: Callable, *, per_clip: bool = False) -> dict:
+    """Top-1/top-5/loss over the loader's labelled clips, exact under DDP (sum-reduced counts, every clip once);
+    clips without a label (-1: the hidden Jester/SSv2 test labels) are scored but counted in no metric.
+
+    ``clips`` is every clip scored, ``labelled`` those with a label; with none, top-1/top-5/loss are NaN. With
+    ``per_clip`` the result also holds ``rows`` (split row of every clip, ascending, all ranks gathered) and
+    ``scores`` ((clips, classes) float CPU tensor in that order; see :func:`_scores`), on every rank."""
     import torch
     import torch.nn.functional as F
 
     model.eval()
-    counts = torch.zeros(4, dtype=torch.float64, device=info.device)  # top1, top5, loss_sum, n
+    counts = torch.zeros(5, dtype=torch.float64, device=info.device)  # top1, top5, loss_sum, labelled, clips
     num_classes = model.new_fc.out_features
     per_class = torch.zeros(2, num_classes, dtype=torch.float64, device=info.device)  # top-1 hits, clips per class
+    rows, kept, multi = [], [], False
+    first = getattr(loader, "start", 0)
     with torch.no_grad(), autocast(cfg, info):
-        for clips, labels in loader:
+        for b, (clips, labels) in enumerate(loader, start=first):
             labels = labels.to(info.device, non_blocking=True)
-            x = to_input(clips)
-            if x.dim() == 6:
-                b, v = x.shape[:2]
-                logits = model(x.flatten(0, 1)).float()
-                scores = logits.softmax(-1).view(b, v, -1).mean(1)
-                loss = F.nll_loss(scores.clamp_min(1e-12).log(), labels, reduction="sum")
-            else:
-                logits = model(x).float()
-                scores = logits
-                loss = F.cross_entropy(logits, labels, reduction="sum")
+            scores, multi = _scores(model, to_input(clips))
+            known = labels >= 0
+            target = labels.clamp_min(0)  # a -1 target would be out of range: its loss is masked out below
+            logp = scores.clamp_min(1e-12).log() if multi else scores.log_softmax(-1)
+            loss = (F.nll_loss(logp, target, reduction="none") * known).sum()
             top5 = scores.topk(min(5, scores.shape[1]), dim=1).indices
-            hit = top5 == labels[:, None]
+            hit = top5 == labels[:, None]  # -1 never hits
             # no host syncs per batch: no host->device tensors, no boolean indexing (its size needs the host)
             counts += torch.stack([hit[:, 0].sum().double(), hit.any(1).sum().double(), loss.double(),
+                                   known.sum().double(),
                                    torch.full((), float(len(labels)), device=info.device, dtype=torch.float64)])
-            known = (labels >= 0).double()  # hidden test labels are -1: counted nowhere per class
-            cls = labels.clamp_min(0)
-            per_class[0].index_add_(0, cls, hit[:, 0].double() * known)
-            per_class[1].index_add_(0, cls, known)
+            per_class[0].index_add_(0, target, hit[:, 0].double() * known)
+            per_class[1].index_add_(0, target, known.double())
+            if per_clip:
+                rows.append(torch.as_tensor(loader.batch_clips(b), dtype=torch.long)[:len(labels)])
+                kept.append(scores.detach())
     all_reduce_sum(counts, info.world)
     all_reduce_sum(per_class, info.world)
-    top1, top5, loss_sum, n = counts.tolist()
+    top1, top5, loss_sum, labelled, n = counts.tolist()
     model.train()
-    if n == 0:
-        return {"top1": float("nan"), "top5": float("nan"), "loss": float("nan"), "clips": 0, "per_class": {}}
+    nan = float("nan")
+    res = {"top1": 100.0 * top1 / labelled if labelled else nan, "top5": 100.0 * top5 / labelled if labelled else nan,
+           "loss": loss_sum / labelled if labelled else nan, "clips": int(n), "labelled": int(labelled)}
     hits, seen = per_class.tolist()
-    per = {str(c): 100.0 * h / k for c, (h, k) in enumerate(zip(hits, seen)) if k > 0}
-    return {"top1": 100.0 * top1 / n, "top5": 100.0 * top5 / n, "loss": loss_sum / n, "clips": int(n),
-            "per_class": per}
+    res["per_class"] = {str(c): 100.0 * h / k for c, (h, k) in enumerate(zip(hits, seen, strict=True)) if k > 0}
+    if per_clip:
+        res["rows"], res["scores"] = _gather_rows(rows, kept, num_classes, info)
+        res["score"] = "softmax mean over views" if multi else "logits"
+    return res
+
+
+def _gather_rows(rows: list, kept: list, num_classes: int, info: DistInfo):
+    """Every rank's (rows, scores) joined on every rank, sorted by row: one order whatever the world size."""
+    import torch
+
+    mine = (torch.cat(rows) if rows else torch.zeros(0, dtype=torch.long),
+            torch.cat(kept).cpu() if kept else torch.zeros(0, num_classes))
+    parts = all_gather_objects(mine, info.world)
+    r = torch.cat([p[0] for p in parts])
+    s = torch.cat([p[1] for p in parts])
+    order = torch.argsort(r, stable=True)
+    if len(r) and bool((r[order][1:] == r[order][:-1]).any()):
+        raise TrainingError("evaluation scored a clip twice: the loader's val/test partition overlaps over ranks")
+    return r[order], s[order]
 
 
 def _sync(info: DistInfo) -> None:
