@@ -13,7 +13,7 @@ if str(ROOT) not in sys.path:
 if str(ROOT / "tests") not in sys.path:
     sys.path.insert(0, str(ROOT / "tests"))
 
-from s3server import s3_server  # noqa: F401 - a real S3 server (moto) on 127.0.0.1, session-scoped
+from s3server import s3_server, s3_server_session  # noqa: F401 - a real S3 server (moto) on 127.0.0.1
 
 
 def pytest_addoption(parser):
@@ -23,6 +23,21 @@ def pytest_addoption(parser):
 
 def pytest_configure(config):
     os.environ.setdefault("OMP_NUM_THREADS", "2")
+    try:  # property tests draw the same examples every run (the fault suite applies its own profiles explicitly)
+        from hypothesis import settings
+    except ImportError:
+        return
+    settings.register_profile("project", derandomize=True, deadline=None)
+    settings.load_profile("project")
+
+
+def pytest_collection_modifyitems(config, items):
+    """``SKIP_SLOW=1``: skip the tests marked ``slow`` (pyproject.toml's marker list says what they are)."""
+    if os.environ.get("SKIP_SLOW", "") not in ("", "0"):
+        skip = pytest.mark.skip(reason="SKIP_SLOW is set: slow tests skipped")
+        for item in items:
+            if "slow" in item.keywords:
+                item.add_marker(skip)
 
 
 @pytest.fixture

@@ -4,8 +4,9 @@
         uri = s3_server.bucket("b") + "/jester"       # s3://b/jester (endpoint and dummy keys are in os.environ)
         with s3_server.recording() as requests: ...    # the HTTP requests the server saw (method, url, headers)
 
-The server runs in its own process (``python -m moto.server``) on a free port and is stopped when the session
-ends; tests skip with the reason only when moto's server cannot be imported.
+The server runs in its own process (``python -m moto.server``) on a free port (started again on another one when
+that port was taken before moto bound it) and is stopped when the session ends; the fixture sets the AWS variables
+for the requesting test only. Tests skip with the reason only when moto's server cannot be imported.
 """
 from __future__ import annotations
 
@@ -40,25 +41,46 @@ def moto_missing() -> str | None:
 
 
 class S3Server:
-    def __init__(self, log_path, env: dict | None = None):
-        self.port = free_port()
-        self.endpoint = f"http://127.0.0.1:{self.port}"
+    def __init__(self, log_path, env: dict | None = None, *, tries: int = 5):
+        # moto takes a port number, not a bound socket: a free port can be taken by another process before moto
+        # binds it, so a server that does not come up is started again on another port
         self._log = open(log_path, "wb")  # noqa: SIM115 - open while the server runs, closed in stop()
         here = os.path.dirname(os.path.abspath(log_path))  # the recorder's file goes there, not into the checkout
-        self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-                                     stdout=self._log, stderr=subprocess.STDOUT, cwd=here,
-                                     env={**os.environ, "MOTO_RECORDER_FILEPATH": os.path.join(here, "moto_recording"),
-                                          **(env or {})})
-        deadline = time.monotonic() + 60
-        while True:
+        for attempt in range(tries):
+            self.port = free_port()
+            self.endpoint = f"http://127.0.0.1:{self.port}"
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)], stdout=self._log,
+                stderr=subprocess.STDOUT, cwd=here,
+                env={**os.environ, "MOTO_RECORDER_FILEPATH": os.path.join(here, "moto_recording"), **(env or {})})
+            if self._wait_up():
+                return
+            self._end_proc()
+        self._log.close()
+        raise RuntimeError(f"moto server did not start after {tries} tries (log: {log_path})")
+
+    def _wait_up(self, timeout: float = 60.0) -> bool:
+        """True once this server (our process, not whatever else holds the port) answers."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                return False  # e.g. the port was taken meanwhile
             try:
                 urllib.request.urlopen(f"{self.endpoint}/moto-api/data.json", timeout=2).read()
-                break
+                time.sleep(0.3)  # a server that lost the port to another one exits right after its bind fails
+                return self.proc.poll() is None
             except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError(f"moto server did not start on {self.endpoint} (log: {log_path})")
                 time.sleep(0.2)
+        return False
+
+    def _end_proc(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
 
     def env(self) -> dict:
         return {**ENV, "AWS_ENDPOINT_URL": self.endpoint}
@@ -93,13 +115,7 @@ class S3Server:
             self._api("reset-recording")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        self._end_proc()
         self._log.close()
 
 
@@ -146,20 +162,22 @@ class SlowProxy:
 
 
 @pytest.fixture(scope="session")
-def s3_server(tmp_path_factory):
-    """The session's S3 server; its endpoint and dummy credentials are set in ``os.environ`` meanwhile."""
+def s3_server_session(tmp_path_factory):
+    """The session's S3 server (started on first use). It sets nothing in ``os.environ``: see ``s3_server``."""
     why = moto_missing()
     if why:
         pytest.skip(why)
     server = S3Server(tmp_path_factory.mktemp("s3server") / "moto.log")
-    saved = {k: os.environ.get(k) for k in server.env()}
-    os.environ.update(server.env())
     try:
         yield server
     finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
         server.stop()
+
+
+@pytest.fixture
+def s3_server(s3_server_session, monkeypatch):
+    """The session's S3 server, its endpoint and dummy credentials in ``os.environ`` for this test only (tests
+    that run after it see the environment they would have seen without it)."""
+    for k, v in s3_server_session.env().items():
+        monkeypatch.setenv(k, v)
+    return s3_server_session

@@ -172,7 +172,7 @@ def test_fused_matches_torch_path_at_resnet_size_on_cuda(device, monkeypatch):
             out = mod(xi)
         out.float().square().mean().backward()
         res[impl] = (out.float(), xi.grad.float(), mod.action_shift.weight.grad.clone())
-    for a, b, what in zip(res["triton"], res["torch"], ("output", "x grad", "shift grad")):
+    for a, b, what in zip(res["triton"], res["torch"], ("output", "x grad", "shift grad"), strict=True):
         assert ((a - b).norm() / b.norm()).item() < 2e-2, what
 
 

@@ -96,7 +96,7 @@ def test_action_matches_reference(train, c, hw, t):
     o1.backward(g)
     o2.backward(g)
     _close(x1.grad, x2.grad)
-    for (n1, p1), (n2, p2) in zip(opt.named_parameters(), ref.named_parameters()):
+    for (n1, p1), (n2, p2) in zip(opt.named_parameters(), ref.named_parameters(), strict=True):
         assert n1 == n2
         _close(p1.grad, p2.grad, rtol=1e-4)
     if train:  # BN running statistics moved identically
@@ -129,7 +129,7 @@ def test_action_channels_last_matches(impl, train, monkeypatch):
     out.backward(g)
     want.backward(g)
     _close(xc.grad, xr.grad, rtol=1e-4)
-    for (n1, p1), (n2, p2) in zip(opt.named_parameters(), ref.named_parameters()):
+    for (n1, p1), (n2, p2) in zip(opt.named_parameters(), ref.named_parameters(), strict=True):
         assert n1 == n2
         _close(p1.grad, p2.grad, rtol=1e-4)
 

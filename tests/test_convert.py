@@ -429,8 +429,10 @@ def test_resume_rechecks_skips_and_edited_frames(make_raw, tmp_path):
     assert convert_dataset("jester", tree["root"], out, **kw) == clean
     edited = bytearray(good)
     edited[len(edited) // 2] ^= 0x01  # same size, other bytes: the resume fingerprint sees the new mtime
-    time.sleep(0.01)
+    before = p.stat().st_mtime_ns
     p.write_bytes(bytes(edited))
+    # a coarse-mtime file system (or a fast machine) can keep the old mtime: set a later one, not a sleep
+    os.utime(p, ns=(before + 2_000_000_000, before + 2_000_000_000))
     m = convert_dataset("jester", tree["root"], out, **kw)
     assert _stored(out, "train")[key]["frames"][2] == bytes(edited) and m != clean
     reader.verify(out)

@@ -173,5 +173,5 @@ def test_fused_shifts_match_the_reference_formulation_on_cuda(temporal, monkeypa
     (o1, gx1, gp1), (o2, gx2, gp2) = res
     torch.testing.assert_close(o1, o2, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(gx1, gx2, rtol=1e-4, atol=1e-4)
-    for a, b in zip(gp1, gp2):
+    for a, b in zip(gp1, gp2, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-3)

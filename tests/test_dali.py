@@ -226,7 +226,7 @@ def test_graph_pixels_match_the_reference(videos, dataset, mode, kw, two_step):
     frames = [videos.fetch(p) for p in plans]
     got = _run_graph(plans, frames, size=(48, 48), two_step=two_step)
     worst = []
-    for plan, clip, jpegs in zip(plans, got, frames):
+    for plan, clip, jpegs in zip(plans, got, frames, strict=True):
         assert clip.shape == (len(plan.frames), 48, 48, 3)
         ref = np.stack([reference(plan, j) for j in jpegs]).astype(np.int16)
         d = np.abs(clip.astype(np.int16) - ref)
@@ -309,7 +309,7 @@ def test_loader_follows_the_planner_across_epochs(videos):
         assert [c.shape[0] for c, _ in batches] == [2, 2, 2]
         assert torch.cat([lab for _, lab in batches]).tolist() == [p.label for p in plans]  # flipped labels
         if e in runs:  # same epoch -> same plans -> same pixels
-            assert all(torch.equal(a[0], b[0]) for a, b in zip(runs[e], batches))
+            assert all(torch.equal(a[0], b[0]) for a, b in zip(runs[e], batches, strict=True))
         runs.setdefault(e, batches)
         for k in (0, 3):
             ref = np.stack([reference(plans[k], j) for j in videos.fetch(plans[k])]).transpose(0, 3, 1, 2)
@@ -415,7 +415,7 @@ def test_loader_names_the_clip_when_dali_itself_fails(videos, how, monkeypatch):
                                                     for p in plans]
     ok = _loader(videos, "val", batch_size=2)  # the pixels of the clips around it are untouched
     import torch
-    assert all(torch.equal(a, b) for (a, _), (b, _) in zip(out[:1], list(ok)[:1]))
+    assert all(torch.equal(a, b) for (a, _), (b, _) in zip(out[:1], list(ok)[:1], strict=True))
 
 
 # ------------------------------------------------------------------------- through pipelines.build_loader
@@ -453,7 +453,7 @@ def test_dali_matches_the_torch_backend_clip_for_clip(shards, split, kw):
         # same clips, frame indices, crop windows and flips -- exactly (the planner is shared)
         want = [[t.planner.plans(int(c), epoch) for c in b] for b in t.planner.batches(epoch)]
         assert [vids for _, vids in d.served] == want
-        for (dc, dl), (tc, tl), vids in zip(db, tb, want):
+        for (dc, dl), (tc, tl), vids in zip(db, tb, want, strict=True):
             assert dc.shape == tc.shape and dc.dtype == tc.dtype == torch.uint8
             assert torch.equal(dl, tl)  # labels, flipped through the map
             dc5 = dc if split == "test" else dc[:, None]
@@ -508,7 +508,7 @@ def test_dali_options_and_mid_epoch_start(shards):
     d.set_epoch(1, start=3)  # resume at batch 3: only batches 3 and 4 are read and decoded
     tail = list(d)
     assert [b for b, _ in d.served] == [3, 4] and len(tail) == 2
-    for (dc, dl), (fc, fl) in zip(tail, full[3:]):
+    for (dc, dl), (fc, fl) in zip(tail, full[3:], strict=True):
         assert torch.equal(dc, fc) and torch.equal(dl, fl)
     d.set_epoch(2)  # a whole epoch again after a partial one
     assert [b for b, _ in (list(d), d.served)[1]] == [0, 1, 2, 3, 4]
@@ -546,7 +546,7 @@ def test_dali_gpu_matches_the_torch_backend(shards, split, kw):
     assert d.gpu and d.device_id == torch.cuda.current_device()
     want = [[t.planner.plans(int(c), 0) for c in b] for b in t.planner.batches(0)]
     assert [vids for _, vids in d.served] == want
-    for (dc, dl), (tc, tl), vids in zip(db, tb, want):
+    for (dc, dl), (tc, tl), vids in zip(db, tb, want, strict=True):
         assert dc.is_cuda and dl.is_cuda and dc.shape == tc.shape and torch.equal(dl.cpu(), tl.cpu())
         dc5 = (dc if split == "test" else dc[:, None]).cpu()
         tc5 = (tc if split == "test" else tc[:, None]).cpu()

@@ -123,7 +123,7 @@ def test_ffcv_matches_the_torch_backend_clip_for_clip(shards, split, kw):
         assert len(f) == len(t) == len(fb) == len(tb)
         want = [[t.planner.plans(int(c), epoch) for c in b] for b in t.planner.batches(epoch)]
         assert [vids for _, vids in f.served] == want  # same clips, frames, windows, flips -- exactly
-        for (fc, fl), (tc, tl), vids in zip(fb, tb, want):
+        for (fc, fl), (tc, tl), vids in zip(fb, tb, want, strict=True):
             assert fc.shape == tc.shape and fc.dtype == tc.dtype == torch.uint8
             assert torch.equal(fl, tl)
             fc5 = fc if split == "test" else fc[:, None]
@@ -155,7 +155,7 @@ def test_ffcv_ranks_options_and_mid_epoch_start(shards):
     assert count == n and sorted(rows) == list(range(n))  # every val clip once over the ranks
     t = build_loader(shards, "val", backend="torch", mode="val", batch_size=2, num_segments=4, size=48,
                      rank=1, world=2, workers=0)
-    for (dc, dl), (tc, tl) in zip(d, t):
+    for (dc, dl), (tc, tl) in zip(d, t, strict=True):
         assert torch.equal(dl, tl) and (dc.float() - tc.float()).abs().mean() < MEAN_TOL
     tr = build_loader(shards, "train", backend="ffcv", mode="train", batch_size=2, num_segments=4, size=48,
                       workers=1, record=True)
@@ -164,7 +164,7 @@ def test_ffcv_ranks_options_and_mid_epoch_start(shards):
     tr.set_epoch(1, start=3)  # resume at batch 3 of 5: FFCV traverses only the remaining batches
     tail = list(tr)
     assert len(full) == len(tr) == 5 and [b for b, _ in tr.served] == [3, 4]
-    for (a, al), (b, bl) in zip(tail, full[3:]):
+    for (a, al), (b, bl) in zip(tail, full[3:], strict=True):
         assert torch.equal(a, b) and torch.equal(al, bl)
     with pytest.raises(TypeError):
         build_loader(shards, "val", backend="ffcv", batch_size=2, no_such_option=1)

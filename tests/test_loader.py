@@ -117,7 +117,7 @@ def test_flip_is_label_aware(jester):
     loader, flipped = load(jester, "train", batch_size=1, flip=True)
     m = jds.spec().flip_label_map(list(jds.CLASSES))
     n_flip = 0
-    for (c0, l0), (c1, l1) in zip(plain, flipped):
+    for (c0, l0), (c1, l1) in zip(plain, flipped, strict=True):
         if torch.equal(c0, c1):
             assert l0 == l1
         else:
@@ -177,7 +177,7 @@ def test_executors_workers_and_layouts_agree(jester, resample):
     for extra in runs:
         _, got = load(jester, "train", **extra, **kw)
         assert len(got) == len(ref)
-        for (c, lab), (rc, rlab) in zip(got, ref):
+        for (c, lab), (rc, rlab) in zip(got, ref, strict=True):
             assert torch.equal(c, rc) and torch.equal(lab, rlab), extra
             if extra.get("channels_last", True):  # (B, T, H, W, 3) memory
                 assert c.permute(0, 1, 3, 4, 2).is_contiguous() and c.reshape(-1, 3, SIZE, SIZE).shape[0] == 3 * T
@@ -450,7 +450,7 @@ def test_start_at_batch_k_decodes_only_batches_k_to_n(jester, monkeypatch, backe
     loader.set_epoch(1, start=k)
     tail = list(loader)
     assert len(loader) == n == 5 and len(tail) == n - k
-    for (c, lab), (fc, flab) in zip(tail, full[k:]):
+    for (c, lab), (fc, flab) in zip(tail, full[k:], strict=True):
         assert torch.equal(c, fc) and torch.equal(lab, flab)
     want = sum(len(needed_frames(loader.planner.plans(int(c), 1))) for b in range(k, n)
                for c in loader.batch_clips(b))

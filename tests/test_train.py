@@ -7,17 +7,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
 import train as T
-from trainer import checkpoint as C
 from trainer.config import make_config
 from trainer.errors import ConfigError, TrainingError
 from trainer.model import build_optimizer, build_scheduler
@@ -114,52 +111,33 @@ def test_ddp_two_process_train_and_exact_eval(shards, tmp_path):
     epochs = [x for x in recs if x["kind"] == "epoch"]
     assert [e["epoch"] for e in epochs] == [0, 1]
     for e in epochs:
-        for k in ("train_loss", "val_top1", "val_top5", "clips_per_s", "data_wait"):
-            assert isinstance(e[k], float), k
         assert e["val_clips"] == 7  # every val clip exactly once across 2 ranks, no padding
-        assert 0.0 <= e["data_wait"] <= 1.0
+        for k in ("val_top1", "val_top5"):  # a whole number of the 7 clips
+            assert e[k] * 7 / 100 == pytest.approx(round(e[k] * 7 / 100), abs=1e-9), (k, e[k])
+        assert 0.0 <= e["val_top1"] <= e["val_top5"] <= 100.0
+        assert 0.0 < e["train_loss"] < 10.0  # 27 classes: chance is ln 27 = 3.3 (4 steps of batch 4 learn little)
+        assert 0.0 < e["val_loss"] < float("inf")
+        assert e["clips_per_s"] > 0.0 and 0.0 <= e["data_wait"] <= 1.0
+    steps = [x for x in recs if x["kind"] == "train"]
+    assert [x["step"] for x in steps] == [2, 4, 6, 8]  # 16 clips / batch 4 = 4 steps per epoch, logged every 2
+    assert [x["lr"] for x in steps] == [0.01, 0.01, 0.001, 0.001]  # --lr-steps 1
     assert json.loads((run / "config.json").read_text())["batch_size"] == 4
     assert (run / "best.pt").exists() and (run / "last.pt").exists()
     # single-process eval of the same checkpoint gives the same exact numbers as the 2-rank eval
+    # (per-process batch 2, as each of the 2 ranks had: CPU convolutions may round differently per batch size)
     r1 = subprocess.run([sys.executable, str(ROOT / "train.py"), "eval", "--run-dir", str(run), "--checkpoint",
-                         str(run / "last.pt")], capture_output=True, text=True, env=_env(), timeout=300)
+                         str(run / "last.pt"), "--batch-size", "2"], capture_output=True, text=True, env=_env(),
+                        timeout=300)
     assert r1.returncode == 0, r1.stderr[-3000:]
     one = json.loads(r1.stdout.strip().splitlines()[-1])
     assert one["clips"] == 7
-    assert one["top1"] == pytest.approx(epochs[-1]["val_top1"]) and one["top5"] == pytest.approx(epochs[-1]["val_top5"])
+    assert (one["top1"], one["top5"], one["loss"]) == (pytest.approx(epochs[-1]["val_top1"]),
+                                                       pytest.approx(epochs[-1]["val_top5"]),
+                                                       pytest.approx(epochs[-1]["val_loss"], rel=1e-5))
 
 
 # -------------------------------------------------------------------------------------------------- resume
-def test_kill9_mid_epoch_then_resume_equals_uninterrupted(shards, tmp_path):
-    common = ("--batch-size", "2", "--ckpt-every", "2")
-    ref = tmp_path / "ref"
-    r = subprocess.run(_train_cmd(shards, ref, *common), capture_output=True, text=True, env=_env(), timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-
-    run = tmp_path / "killed"
-    p = subprocess.Popen(_train_cmd(shards, run, *common), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                         env=_env())
-    deadline = time.time() + 300
-    killed_at = None
-    while time.time() < deadline and p.poll() is None:
-        if (run / "last.pt").exists():
-            ck = torch.load(run / "last.pt", map_location="cpu", weights_only=True)
-            if ck["epoch"] == 0 and ck["step_in_epoch"] >= 4:  # mid-epoch 0, after 2 step checkpoints
-                os.kill(p.pid, signal.SIGKILL)
-                killed_at = (ck["epoch"], ck["step_in_epoch"])
-                break
-        time.sleep(0.05)
-    p.wait(timeout=60)
-    assert killed_at is not None, "the run finished before it could be killed mid-epoch"
-    r = subprocess.run(_train_cmd(shards, run, *common, "--resume"), capture_output=True, text=True, env=_env(),
-                       timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    a, b = _final_weights(ref), _final_weights(run)
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), f"{k} differs after kill -9 at {killed_at} + --resume"
-
-
+# kill + --resume equality, step by step on 1 and 2 ranks: tests/test_resume.py
 def test_resume_refuses_changed_config(shards, tmp_path):
     run = tmp_path / "r"
     run.mkdir()
@@ -213,17 +191,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(shards, tmp_path, monkeyp
     assert all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
 
 
-def test_checkpoint_disk_full_keeps_previous(tmp_path, monkeypatch):
-    path = tmp_path / "last.pt"
-    C.save_atomic({"a": torch.ones(3)}, path)
-
-    def full(*a, **k):
-        raise OSError(28, "No space left on device")
-    monkeypatch.setattr(torch, "save", full)
-    with pytest.raises(TrainingError, match="no space left"):
-        C.save_atomic({"a": torch.zeros(3)}, path)
-    assert torch.equal(torch.load(path, weights_only=True)["a"], torch.ones(3))
-    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+# (a full disk while writing a checkpoint: tests/faults/test_disk_full.py, a real ENOSPC from a small tmpfs)
 
 
 # -------------------------------------------------------------------------------------------------- official weights
@@ -242,7 +210,9 @@ def test_eval_released_checkpoint_in_official_naming(shards, tmp_path):
     r = subprocess.run(base + ["--checkpoint", str(ck)], capture_output=True, text=True, env=_env(), timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads(r.stdout.strip().splitlines()[-1])
-    assert res["clips"] == 7 and 0.0 <= res["top1"] <= res["top5"] <= 100.0
+    assert res["clips"] == res["labelled"] == 7 and 0.0 <= res["top1"] <= res["top5"] <= 100.0
+    assert res["top1"] * 7 / 100 == pytest.approx(round(res["top1"] * 7 / 100), abs=1e-9)
+    assert 0.0 < res["loss"] < 10.0
     # a mis-shaped checkpoint is one clear line, not a traceback
     bad = {"state_dict": {"base_model.fc.weight": torch.zeros(1)}}
     torch.save(bad, tmp_path / "bad.pth")

@@ -50,7 +50,8 @@ def _check(out, tree, *, max_err=MAX_MEAN_ERR):
             assert row["label"] == c["label"]
             assert row["num_frames"] == len(ref) == c.get("frames", len(ref))  # every decoded frame
             assert (row["height"], row["width"]) == ref[0].shape[:2]
-            errs += [_err(b, r) for b, r in zip(row["frames"], ref)]  # in order: a swapped frame errs by > 10
+            # in order: a swapped frame errs by > 10
+            errs += [_err(b, r) for b, r in zip(row["frames"], ref, strict=True)]
     assert max(errs) < 2 * max_err and np.mean(errs) < max_err, (np.mean(errs), max(errs))
     return float(np.mean(errs))
 
@@ -75,9 +76,9 @@ def test_odd_width_short_side_and_quality(tmp_path):
     row = _stored(tmp_path / "o", "train")[key]
     assert (row["width"], row["height"]) == (427, 240)
     ref = vt.decoded_rgb(c["video"])
-    e90 = np.mean([_err(b, r) for b, r in zip(row["frames"], ref)])
+    e90 = np.mean([_err(b, r) for b, r in zip(row["frames"], ref, strict=True)])
     convert_dataset("sthv2", raw, tmp_path / "q", splits="train", jpeg_quality=60)
-    e60 = np.mean([_err(b, r) for b, r in zip(_stored(tmp_path / "q", "train")[key]["frames"], ref)])
+    e60 = np.mean([_err(b, r) for b, r in zip(_stored(tmp_path / "q", "train")[key]["frames"], ref, strict=True)])
     assert e90 < MAX_MEAN_ERR and e60 > e90  # the option reaches the encoder
     convert_dataset("sthv2", raw, tmp_path / "s", splits="train", short_side=120)
     small = _stored(tmp_path / "s", "train")[key]
@@ -85,7 +86,7 @@ def test_odd_width_short_side_and_quality(tmp_path):
     with av.open(c["video"]) as cont:  # reference: the same swscale resize, no JPEG
         refs = [f.to_ndarray(format="rgb24", width=214, height=120, interpolation=video.FILTER)
                 for f in cont.decode(video=0)]
-    assert np.mean([_err(b, r) for b, r in zip(small["frames"], refs)]) < MAX_MEAN_ERR
+    assert np.mean([_err(b, r) for b, r in zip(small["frames"], refs, strict=True)]) < MAX_MEAN_ERR
     assert video.out_size(240, 427, 256) == (256, 455) and video.out_size(64, 48, None) == (64, 48)
 
 
@@ -130,11 +131,11 @@ def test_fps_resampling_matches_libavfilter_fps(tmp_path):
         for key, c in tree["clips"]["train"].items():
             ref = _lavfi_fps(c["video"], fps)  # the same frames, in the same order (a wrong pick errs by > 10)
             assert got[key]["num_frames"] == len(ref)
-            assert max(_err(b, r) for b, r in zip(got[key]["frames"], ref)) < 2 * MAX_MEAN_ERR
+            assert max(_err(b, r) for b, r in zip(got[key]["frames"], ref, strict=True)) < 2 * MAX_MEAN_ERR
         clip = video.resolve_clip(rawtrees_ref("99999"), video.probe(str(tmp_path / "raw"), os.path.relpath(
             mp4, tmp_path / "raw")), video.Decode(fps=fps))
         frames, ref = video.read_clip(str(tmp_path / "raw"), clip)[0], _lavfi_fps(mp4, fps)
-        assert len(frames) == len(ref) and max(_err(b, r) for b, r in zip(frames, ref)) < 2 * MAX_MEAN_ERR
+        assert len(frames) == len(ref) and max(_err(b, r) for b, r in zip(frames, ref, strict=True)) < 2 * MAX_MEAN_ERR
 
 
 def rawtrees_ref(key):
@@ -148,9 +149,9 @@ def test_same_sha_whatever_workers_and_resume_in_place(tmp_path):
     m1 = convert_dataset("sthv2", tree["root"], tmp_path / "w1", shard_mb=0.004, workers=1)
     m2 = convert_dataset("sthv2", tree["root"], tmp_path / "w2", shard_mb=0.004, workers=2)
     assert m1 == m2 and sum(len(s["shards"]) for s in m1["splits"].values()) >= 4
-    st = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "w1" / "train").iterdir()}
+    st = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (tmp_path / "w1" / "train").iterdir()}
     assert convert_dataset("sthv2", tree["root"], tmp_path / "w1", shard_mb=0.004) == m1  # kept, not rewritten
-    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "w1" / "train").iterdir()} == st
+    assert {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (tmp_path / "w1" / "train").iterdir()} == st
     m3 = convert_dataset("sthv2", tree["root"], tmp_path / "w1", shard_mb=0.004, jpeg_quality=70)
     assert m3["splits"]["train"]["shards"] != m1["splits"]["train"]["shards"]  # options are in the resume plan
 
@@ -261,7 +262,7 @@ def test_other_layouts_take_a_video_per_frame_folder(name, make_raw, tmp_path):
             want = ref[first - 1:first - 1 + len(c["files"])]
             assert got[key]["num_frames"] == len(c["files"]) == len(want)
             # rawtrees frames are noise + a random gradient each (JPEG error ~4-5, another frame's error > 30)
-            assert max(_err(b, r) for b, r in zip(got[key]["frames"], want)) < 8
+            assert max(_err(b, r) for b, r in zip(got[key]["frames"], want, strict=True)) < 8
     assert m["options"]["video"]["jpeg_quality"] == 90
 
 

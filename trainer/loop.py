@@ -182,6 +182,7 @@ def evaluate(model, loader, cfg: Config, info: DistInfo, to_input: Callable, *, 
     import torch
     import torch.nn.functional as F
 
+    _same_buffers(model, info)
     model.eval()
     counts = torch.zeros(5, dtype=torch.float64, device=info.device)  # top1, top5, loss_sum, labelled, clips
     num_classes = model.new_fc.out_features
@@ -220,6 +221,16 @@ def evaluate(model, loader, cfg: Config, info: DistInfo, to_input: Callable, *, 
         res["rows"], res["scores"] = _gather_rows(rows, kept, num_classes, info)
         res["score"] = "softmax mean over views" if multi else "logits"
     return res
+
+
+def _same_buffers(model, info: DistInfo) -> None:
+    """Rank 0's buffers (BatchNorm running statistics) on every rank. DDP broadcasts them from rank 0 *before*
+    each forward, and each rank's last train step then updates its own copy from its own batch: without this,
+    every rank would evaluate its share of the clips with other statistics than the checkpoint (rank 0's)."""
+    if info.world > 1:
+        import torch.distributed as dist
+        for buf in model.buffers():
+            dist.broadcast(buf.data, src=0)
 
 
 def _gather_rows(rows: list, kept: list, num_classes: int, info: DistInfo):
