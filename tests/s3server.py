@@ -161,6 +161,110 @@ class SlowProxy:
         self.sock.close()
 
 
+class FaultProxy:
+    """An HTTP proxy on 127.0.0.1 in front of the S3 server that breaks chosen responses (a failing server).
+
+    Point an S3 client at ``proxy.endpoint``. Every request is forwarded as it is; ``proxy.fault`` (None: pass
+    everything) is called for each ranged GET as ``fault(path, first, last, body)`` (``first``/``last`` the
+    byte range asked for, ``body`` the server's answer) and returns one of::
+
+        None                   the server's answer, untouched
+        ("status", code)       an S3 error response with that HTTP status instead
+        ("short", n)           only the first n bytes, announced as such (Content-Length / Content-Range say n)
+        ("cut", n)             the full length announced, n bytes sent, then the connection closed
+        ("body", data)         ``data`` instead of the body (same length: corrupt bytes)
+
+    ``proxy.hits`` counts the faults injected.
+    """
+
+    def __init__(self, target_port: int):
+        import http.server
+        import threading
+
+        proxy = self
+        self.target, self.fault, self.hits = target_port, None, 0
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):  # quiet
+                pass
+
+            def _forward(self):
+                import http.client
+
+                n = int(self.headers.get("Content-Length") or 0)
+                data = self.rfile.read(n) if n else None
+                conn = http.client.HTTPConnection("127.0.0.1", proxy.target, timeout=30)
+                try:
+                    conn.request(self.command, self.path, body=data, headers=dict(self.headers.items()))
+                    r = conn.getresponse()
+                    body = r.read()
+                    status, headers = r.status, [(k, v) for k, v in r.getheaders()
+                                                 if k.lower() not in ("transfer-encoding", "connection")]
+                finally:
+                    conn.close()
+                rng = self.headers.get("Range")
+                fault = proxy.fault
+                if fault is not None and self.command == "GET" and rng and status == 206:
+                    first, last = (int(x) for x in rng.split("=", 1)[1].split("-"))
+                    verdict = fault(self.path.split("?")[0], first, last, body)
+                    if verdict is not None:
+                        proxy.hits += 1
+                        return self._faulty(verdict, status, headers, body, first)
+                self._send(status, headers, body)
+
+            def _faulty(self, verdict, status, headers, body, first):
+                kind, arg = verdict
+                if kind == "status":
+                    err = (f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>Injected{arg}</Code>"
+                           f"<Message>injected fault</Message></Error>").encode()
+                    return self._send(arg, [("Content-Type", "application/xml")], err)
+                if kind == "short":
+                    keep = [(k, v) for k, v in headers if k.lower() not in ("content-length", "content-range")]
+                    total = next((v.rsplit("/", 1)[1] for k, v in headers if k.lower() == "content-range"), "*")
+                    keep.append(("Content-Range", f"bytes {first}-{first + arg - 1}/{total}"))
+                    return self._send(status, keep, body[:arg])
+                if kind == "cut":
+                    self.send_response(status)
+                    for k, v in headers:
+                        if k.lower() != "content-length":
+                            self.send_header(k, v)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body[:arg])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    return None
+                if kind == "body":
+                    return self._send(status, headers, arg)
+                raise ValueError(f"unknown fault {kind!r}")
+
+            def _send(self, status, headers, body):
+                self.send_response(status)
+                for k, v in headers:
+                    if k.lower() != "content-length" or self.command == "HEAD":  # HEAD: the object's length
+                        self.send_header(k, v)
+                if self.command != "HEAD":
+                    self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _forward
+
+        # bound to port 0 and kept: no window in which another process can take the port
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
 @pytest.fixture(scope="session")
 def s3_server_session(tmp_path_factory):
     """The session's S3 server (started on first use). It sets nothing in ``os.environ``: see ``s3_server``."""

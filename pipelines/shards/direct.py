@@ -93,10 +93,12 @@ def parse_footer(tail: bytes, size: int, where: str) -> tuple[list[tuple[int, in
         # pyarrow checks the schema: a file holding only the footer is enough for it
         reader = pa.ipc.open_file(pa.py_buffer(MAGIC + b"\0\0" + footer + tail[-10:]))
         schema = reader.schema
-    except (struct.error, IndexError, pa.ArrowException) as e:
+        fields = ", ".join(f"{f.name!r}: {f.type}" for f in schema)  # one line (str(schema) has one per field)
+    # flatbuffer verification fails with OSError; field names that are not UTF-8 with UnicodeDecodeError
+    except (struct.error, IndexError, OSError, ValueError, pa.ArrowException) as e:
         raise ShardError(f"{where}: corrupt Arrow footer ({e}); re-run tools/convert_dataset.py") from None
     if not schema.equals(fmt.SCHEMA, check_metadata=False):
-        raise ShardError(f"{where}: schema {schema} is not the shard schema")
+        raise ShardError(f"{where}: schema ({fields}) is not the shard schema; re-run tools/convert_dataset.py")
     if reader.num_record_batches != len(blocks):
         raise ShardError(f"{where}: corrupt Arrow footer (block count); re-run tools/convert_dataset.py")
     return [(int(o), int(m), int(b)) for o, m, b in blocks], n
