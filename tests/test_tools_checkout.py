@@ -42,7 +42,8 @@ def clone(tmp_path_factory):
 
 
 def test_tools_listed_are_all_the_tools():
-    assert sorted(TOOLS[1:]) == sorted(f"tools/{p.name}" for p in (ROOT / "tools").glob("*.py") if p.name != "__init__.py")
+    found = (ROOT / "tools").glob("*.py")
+    assert sorted(TOOLS[1:]) == sorted(f"tools/{p.name}" for p in found if p.name != "__init__.py")
 
 
 @pytest.mark.parametrize("tool", TOOLS)
