@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-TOOLS = ["train.py", "tools/convert_dataset.py", "tools/demo.py", "tools/make_synthetic.py", "tools/profile_loader.py",
-         "tools/reliability_table.py", "tools/stage_gpu_wheels.py"]
+TOOLS = ["train.py", "tools/bench_report.py", "tools/convert_dataset.py", "tools/demo.py", "tools/make_synthetic.py",
+         "tools/profile_loader.py", "tools/reliability_table.py", "tools/stage_gpu_wheels.py"]
 
 
 PROBE = """
@@ -22,7 +22,7 @@ import os, runpy, sys
 tool = sys.argv[1]
 sys.argv, sys.path[0] = [tool, "--help"], os.path.dirname(tool)
 try:
-    runpy.run_path(tool, run_name="__not_main__")
+    runpy.run_path(tool, run_name="__main__")
 except SystemExit:
     pass
 import action, common.files, pipelines.loader, trainer

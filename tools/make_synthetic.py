@@ -68,9 +68,6 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-if __package__ in (None, ""):  # run as a script from a checkout without `pip install -e .`
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 LAYOUTS = ("jester", "egogesture", "sthv2")
 MARKER = ".synthetic-complete.json"
 PARTIAL = ".synthetic-incomplete.json"
