@@ -26,7 +26,8 @@ import torch
 from torch import nn
 
 from action.errors import ModelError
-from action.temporal import ACTION_IMPLS, Action, TemporalShift, check_impl
+from action.temporal import ACTION_IMPLS, Action, check_impl
+from action.tsm import TemporalShift
 
 ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "mobilenetv2")
 TEMPORALS = ("action", "tsm", "none")

@@ -21,6 +21,7 @@ from torch import nn
 
 import action.temporal as AT
 from action.errors import ModelError
+from action.tsm import TemporalShift
 from tests.action_reference import ReferenceAction
 from test_action_modules import _randomise
 
@@ -235,7 +236,7 @@ def test_dispatch_and_errors(monkeypatch):
     with pytest.raises(ValueError, match="action_impl must be one of"):
         AT.Action(nn.Conv2d(32, 8, 1, bias=False), n_segment=4, impl="cuda")
     with pytest.raises(ValueError, match="shift_impl must be one of"):
-        AT.TemporalShift(nn.Identity(), n_segment=4, shift_impl="fast")
+        TemporalShift(nn.Identity(), n_segment=4, shift_impl="fast")
     if HAS_TRITON:  # the Triton path on CPU without the interpreter: one clear error, not a crash in triton
         monkeypatch.delenv("TRITON_INTERPRET", raising=False)
         with pytest.raises(ModelError, match="TRITON_INTERPRET=1"):

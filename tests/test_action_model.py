@@ -11,7 +11,8 @@ from torch import nn
 
 from action import build_model
 from action.errors import CheckpointError, ModelError
-from action.temporal import Action, TemporalShift
+from action.temporal import Action
+from action.tsm import TemporalShift
 from tests.action_reference import make_reference_model
 
 

@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from action.temporal import Action, TemporalShift, init_shift_weight, temporal_shift
+from action.temporal import Action, init_shift_weight, temporal_shift
+from action.tsm import TemporalShift
 from tests.action_reference import ReferenceAction
 
 

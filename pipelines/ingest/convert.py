@@ -17,8 +17,7 @@ one pool of ``workers`` processes (``fork`` on Linux, see :func:`default_start_m
    checked (SOI, SOF size equal for all frames of a clip, EOI), batches of ``format.ROWS_PER_BATCH`` rows
    are streamed to ``.<shard>.tmp-<pid>`` (:func:`common.files.temp_name`) and hashed; a small state file
    ``OUT/.convert/<split>-<index>.json`` records the shard's layout fingerprint, sha256 and skips; then the shard
-   is moved into place. Memory per
-   process: about one record batch of frame bytes (one whole shard when OUT is an object store);
+   is moved into place. Memory per process: about one record batch of frame bytes (a shard on object stores);
 5. **manifest** -- written last, atomically. Any old manifest is removed when a run starts, so a visible
    manifest always describes the shards next to it.
 
@@ -42,15 +41,13 @@ import time
 import numpy as np
 import pyarrow.fs as pafs
 
+from common import files
 from pipelines.decode import jpeg
-from pipelines.ingest import datasets
-from pipelines.shards import format as fmt
-from pipelines.shards import writer as sh
-from pipelines.shards import storage
-from pipelines.ingest import video
+from pipelines.errors import AnnotationError, DataError, FrameError
+from pipelines.ingest import datasets, video
 from pipelines.ingest.datasets import ClipRef, Problems, bad
 from pipelines.ingest.scan import Clip, layout_fingerprint, layout_shards, scan_clips
-from pipelines.errors import AnnotationError, DataError, FrameError
+from pipelines.shards import format as fmt, storage, writer as sh
 
 log = logging.getLogger(__name__)
 
@@ -201,16 +198,12 @@ def default_start_method() -> str:
 
 
 def _pool(workers: int, start_method: str | None):
-    if workers <= 1:
-        return None
     ctx = mp.get_context(start_method or default_start_method())
-    return cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+    return cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) if workers > 1 else None
 
 
 def _map(pool, fn, items, chunksize=1):
-    if pool is None:
-        return map(fn, items)
-    return pool.map(fn, items, chunksize=chunksize)
+    return map(fn, items) if pool is None else pool.map(fn, items, chunksize=chunksize)
 
 
 def read_split(spec, raw: str, split: str, classes: list[str], problems: Problems, *, seed: int,
@@ -390,7 +383,7 @@ def _remove_tmp(fs, folder: str) -> None:
     """Delete temporary files left by a killed run."""
     sel = pafs.FileSelector(folder, allow_not_found=True)
     for info in fs.get_file_info(sel):
-        if info.type == sh.pafs.FileType.File and ".tmp-" in info.base_name:
+        if info.type == sh.pafs.FileType.File and files.temp_writer(info.base_name) is not None:
             fs.delete_file(info.path)
 
 
