@@ -220,8 +220,29 @@ def demo() -> str:
             f"class; `temporal=none` is the TSN baseline.")
     wall = (f"`{d['fresh_run']['command']}`: {d['fresh_run']['wall_seconds'] / 60:.1f} min ({times}) on "
             f"{d['fresh_run']['machine']}.")
-    return (what + "\n\n" + _table(["", *arms], rows, "l" + "r" * len(arms)) + "\n\n" + wall + " "
+    pr = d.get("predict")
+    long_video = "" if not pr else (
+        f"Then `train.py predict` on a generated {pr['seconds_of_video']:.0f} s video of {pr['gestures']} gestures "
+        f"one after another (windows of {pr['window_s']:g} s every {pr['stride_s']:g} s): top-1 is the gesture being "
+        f"performed in **{_f(pr['window_top1'], 1)} %** of the {pr['scored_windows']} windows lying at least "
+        f"{100 * pr['inside_fraction']:.0f} % inside one gesture ({_f(pr['transition_top1'], 1)} % of the "
+        f"{pr['transition_windows']} windows straddling a boundary); predict stage "
+        f"{d['seconds'].get('predict', 0):.0f} s.\n\n")
+    return (what + "\n\n" + _table(["", *arms], rows, "l" + "r" * len(arms)) + "\n\n" + long_video + wall + " "
             + _source("demo.json"))
+
+
+def rooms() -> str:
+    i = _load("rooms_identity.json")
+    a, b = i["runs"]["previous_main"], i["runs"]["this_tree"]
+    rows = []
+    for m in a:
+        rows.append([f"{m}: step losses", f"{len(a[m]['step_losses'])} steps",
+                     "equal" if a[m]["step_losses"] == b[m]["step_losses"] else "DIFFER"])
+        rows += [[f"{m}: {k.replace('_', ' ')}", _f(a[m][k], 4), "equal" if a[m][k] == b[m][k] else f"{b[m][k]:.8g}"]
+                 for k in ("train_loss", "val_top1", "val_loss", "test_top1", "test_top5")]
+    return (f"{i['what']}\n\n`{i['command']}`\n\n" + _table(["", "previous main", "this tree"], rows) + "\n\n"
+            + f"{i['note']}. " + _source("rooms_identity.json"))
 
 
 def gpu_model() -> str:
@@ -269,7 +290,7 @@ def refactor() -> str:
             + f"\n\nMedian ratio {lo['median_ratio']:.2f}. {_source('refactor_identity.json', 'refactor_loader_old_vs_new.json')}")
 
 
-SECTIONS = {f.__name__: f for f in (demo, convert, convert_video, loader_cpu, loader_ffcv, loader_roi,
+SECTIONS = {f.__name__: f for f in (demo, rooms, convert, convert_video, loader_cpu, loader_ffcv, loader_roi,
                                       loader_normalize, model, remote, loader_gpu, gpu_model, staging, refactor)}
 
 
