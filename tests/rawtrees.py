@@ -23,6 +23,7 @@ from __future__ import annotations
 import io
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -183,3 +184,14 @@ BUILDERS = {"egogesture": make_egogesture, "jester": make_jester, "sthv2": make_
 def make_tree(name: str, root, **kw) -> dict:
     """``BUILDERS[name](root, **kw)``."""
     return BUILDERS[name](root, **kw)
+
+
+def jester_shards(base, **tree) -> Path:
+    """``base/raw`` (:func:`make_jester` with ``tree``) converted to ``base/shards`` (small shards, seed 0): the
+    training tests' dataset."""
+    from pipelines.ingest.convert import convert_dataset
+
+    base = Path(base)
+    make_jester(base / "raw", **tree)
+    convert_dataset("jester", base / "raw", base / "shards", workers=1, shard_mb=0.05, seed=0)
+    return base / "shards"

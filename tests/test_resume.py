@@ -28,14 +28,10 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "CUDA_VISI
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
-    from rawtrees import make_jester
-
-    from pipelines.ingest.convert import convert_dataset
+    from rawtrees import jester_shards
 
     base = tmp_path_factory.mktemp("resume-data")
-    make_jester(base / "raw", n_train=24, n_val=2, n_test=1, frames=(4, 6), size=(40, 32), seed=7)
-    convert_dataset("jester", base / "raw", base / "shards", workers=1, shard_mb=0.05, seed=0)
-    return base / "shards"
+    return jester_shards(base, n_train=24, n_val=2, n_test=1, frames=(4, 6), size=(40, 32), seed=7)
 
 
 def _cmd(script: str, data, run, nproc: int, *extra) -> list[str]:

@@ -27,15 +27,11 @@ SMALL = ["--arch", "resnet18", "--num-segments", "4", "--size", "64", "--epochs"
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
-    from rawtrees import make_jester
-
-    from pipelines.ingest.convert import convert_dataset
+    from rawtrees import jester_shards
 
     base = tmp_path_factory.mktemp("train-data")
     # 7 val clips: not divisible by world (2) x per-rank batch (2)
-    make_jester(base / "raw", n_train=16, n_val=7, n_test=2, frames=(6, 10), size=(80, 64), seed=3)
-    convert_dataset("jester", base / "raw", base / "shards", workers=1, shard_mb=0.05, seed=0)
-    return base / "shards"
+    return jester_shards(base, n_train=16, n_val=7, n_test=2, frames=(6, 10), size=(80, 64), seed=3)
 
 
 def _env(**extra):

@@ -22,14 +22,10 @@ TIMEOUT = 30  # --dist-timeout
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
-    from rawtrees import make_jester
-
-    from pipelines.ingest.convert import convert_dataset
+    from rawtrees import jester_shards
 
     base = tmp_path_factory.mktemp("ddp-kill")
-    make_jester(base / "raw", n_train=24, n_val=3, n_test=1, frames=(6, 10), size=(80, 64), seed=3)
-    convert_dataset("jester", base / "raw", base / "shards", workers=1, shard_mb=0.05, seed=0)
-    return base / "shards"
+    return jester_shards(base, n_train=24, n_val=3, n_test=1, frames=(6, 10), size=(80, 64), seed=3)
 
 
 def _ranks(launcher: int) -> dict[int, int]:

@@ -37,14 +37,10 @@ TINY = ["--dataset", "jester", "--device", "cpu", "--arch", "resnet18", "--num-s
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
-    from rawtrees import make_jester
-
-    from pipelines.ingest.convert import convert_dataset
+    from rawtrees import jester_shards
 
     base = tmp_path_factory.mktemp("runs")
-    make_jester(base / "raw", n_train=8, n_val=2, n_test=1, frames=(6, 8), size=(80, 64), seed=5)
-    convert_dataset("jester", base / "raw", base / "shards", workers=1, shard_mb=0.05, seed=0)
-    return base / "shards"
+    return jester_shards(base, n_train=8, n_val=2, n_test=1, frames=(6, 8), size=(80, 64), seed=5)
 
 
 def _cmd(data, run, *extra, nproc=1):
