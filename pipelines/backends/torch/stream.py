@@ -50,7 +50,9 @@ def thread_items(loader):
     yielded in order. ``loader.ahead_submitted`` counts the next pass's batches submitted during this one."""
     if loader._pool is None:
         loader._pool = thread_pool(loader.workers)
-        weakref.finalize(loader, loader._pool.shutdown, wait=True, cancel_futures=True)
+        # wait=False: the loader may be collected inside one of the pool's own threads (a job held the last
+        # reference), where joining would join the current thread; close() still waits
+        weakref.finalize(loader, loader._pool.shutdown, wait=False, cancel_futures=True)
     key = (loader.epoch, loader.start)
     cur = loader._carry
     loader._carry = None
