@@ -4,14 +4,15 @@
 The shift is linear, so nothing shift-sized is ever built for the squeezes: with ``xs[t] = w0·x[t-1] + w1·x[t]
 + w2·x[t+1]`` (per channel), ``W·xs[t] = (W⊙w0)·x[t-1] + (W⊙w1)·x[t] + (W⊙w2)·x[t+1]``, so one cuDNN 1×1 conv of
 ``x`` with the 3·(r+1) rows ``W⊙w_k`` (W = the p3 squeeze plus a 1/C row for p1's channel mean; zero rows pad
-them to a multiple of 8) gives, after adding three time-shifted slices of an (r+1)-channel tensor
-(:class:`_TimeSum`), the motion squeeze ``y`` and the channel mean ``s``;
-p2's spatial means are the shifted spatial means of ``x``. The learnable shift's gradient through these rows is
-autograd's (the rows are built from the parameters with differentiable ops). Then:
+them to a multiple of 8) gives, after adding three time-shifted row groups, the motion squeeze ``y`` and the
+channel mean ``s``: :mod:`action.fused_motion` does that sum, ACTION's batch norm and the motion path's pooled
+means in one pass each way. p2's spatial means are the shifted spatial means of ``x``. The learnable shift's
+gradient through these rows is autograd's (the rows are built from the parameters with differentiable ops). Then:
 
 - ``apply_fwd``: ``out = xs · (gate + s1)`` with ``xs`` formed on the fly from three frames of ``x``;
 - ``apply_bwd_reduce``: one pass over ``g_out`` and ``x`` for the gate gradients (``Σ_p g·xs`` per channel,
-  ``Σ_c g·xs`` per pixel) and the shift taps' gradient (``Σ g·(gate + s1)·x[t+k-1]``);
+  ``Σ_c g·xs`` per pixel) and the shift taps' gradient (``Σ g·(gate + s1)·x[t+k-1]``), accumulated elementwise
+  and reduced once per program;
 - ``apply_bwd_input``: the apply's share of ``g_x``, the time-mirrored shift of ``g·(gate + s1)``.
 
 The two apply passes are PyTorch custom operators (``action_net::shift_gate`` and its backward, with fake
@@ -24,15 +25,15 @@ triton is imported on first use only (the product runs without it); on CPU tenso
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 
 import torch
 import torch.nn.functional as F
-from torch.autograd.function import once_differentiable
 
 from action.errors import ModelError
+from action.fused_motion import _on, _strides, motion_stats
+from action.fused_motion_bn import motion_means
 
 __all__ = ["available", "gated_input"]
 
@@ -118,10 +119,11 @@ def _build_reduce(triton, tl):
         w1 = tl.load(w_ptr + oc * 3 + 1, mask=mc, other=0.0)
         w2 = tl.load(w_ptr + oc * 3 + 2, mask=mc, other=0.0)
         gate = tl.load(gate_ptr + f64 * C + oc, mask=mc, other=0.0).to(tl.float32)
-        acc_g = tl.full([BC], 0.0, tl.float32)
-        acc0 = tl.full([BC], 0.0, tl.float32)
-        acc1 = tl.full([BC], 0.0, tl.float32)
-        acc2 = tl.full([BC], 0.0, tl.float32)
+        # elementwise accumulators, reduced over pixels once after the loop (not once per tile)
+        acc_g = tl.full([BP, BC], 0.0, tl.float32)
+        acc0 = tl.full([BP, BC], 0.0, tl.float32)
+        acc1 = tl.full([BP, BC], 0.0, tl.float32)
+        acc2 = tl.full([BP, BC], 0.0, tl.float32)
         for p0 in range(ps * P_CHUNK, tl.minimum(P, (ps + 1) * P_CHUNK), BP):
             op = p0 + tl.arange(0, BP)
             mp = op < P
@@ -134,17 +136,17 @@ def _build_reduce(triton, tl):
             x2 = tl.load(x_ptr + xo + sxf, mask=m & (t < T - 1), other=0.0).to(tl.float32)
             s1 = tl.load(s1_ptr + f64 * P + op, mask=mp, other=0.0).to(tl.float32)
             gxs = g * (w0[None, :] * x0 + w1[None, :] * x1 + w2[None, :] * x2)
-            acc_g += tl.reduce(gxs, 0, _tl_add)
+            acc_g += gxs
             tl.store(ds1_ptr + (f64 * NCB + cb) * P + op, tl.reduce(gxs, 1, _tl_add), mask=mp)
             ga = g * (gate[None, :] + s1[:, None])
-            acc0 += tl.reduce(ga * x0, 0, _tl_add)
-            acc1 += tl.reduce(ga * x1, 0, _tl_add)
-            acc2 += tl.reduce(ga * x2, 0, _tl_add)
+            acc0 += ga * x0
+            acc1 += ga * x1
+            acc2 += ga * x2
         row = f64 * NPS + ps
-        tl.store(dgate_ptr + row * C + oc, acc_g, mask=mc)
-        tl.store(dw_ptr + (row * 3) * C + oc, acc0, mask=mc)
-        tl.store(dw_ptr + (row * 3 + 1) * C + oc, acc1, mask=mc)
-        tl.store(dw_ptr + (row * 3 + 2) * C + oc, acc2, mask=mc)
+        tl.store(dgate_ptr + row * C + oc, tl.reduce(acc_g, 0, _tl_add), mask=mc)
+        tl.store(dw_ptr + (row * 3) * C + oc, tl.reduce(acc0, 0, _tl_add), mask=mc)
+        tl.store(dw_ptr + (row * 3 + 1) * C + oc, tl.reduce(acc1, 0, _tl_add), mask=mc)
+        tl.store(dw_ptr + (row * 3 + 2) * C + oc, tl.reduce(acc2, 0, _tl_add), mask=mc)
 
     return apply_bwd_reduce
 
@@ -194,17 +196,8 @@ def _fcp(t: torch.Tensor) -> torch.Tensor:
     return t.contiguous()
 
 
-def _strides(t: torch.Tensor) -> tuple[int, int, int]:
-    return t.stride(0), t.stride(1), t.stride(3) if t.shape[3] > 1 else t.stride(2)
-
-
 def _blocks(x: torch.Tensor) -> tuple[int, int, int]:
     return GPU_BLOCKS if x.is_cuda else CPU_BLOCKS
-
-
-def _on(x: torch.Tensor):
-    """Triton launches on the current CUDA device: make it ``x``'s (a process may hold several GPUs)."""
-    return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
 
 
 def _launch_fwd(x, ws, gate, s1, t: int) -> torch.Tensor:
@@ -283,54 +276,6 @@ def _shift_gate_grad(ctx, g):
 shift_gate.register_autograd(_shift_gate_grad, setup_context=_shift_gate_setup)
 
 
-class _TimeSum(torch.autograd.Function):
-    """From ``z`` (N·T, ≥3·(r+1), H, W), the squeeze of the unshifted input with rows ``[k][r+1]``: ``y[:, t] =
-    z0[:, t-1] + z1[:, t] + z2[:, t+1]`` for the first r rows of each group (zero outside the clip) and the same
-    sum ``s`` for row r: the squeeze and the channel mean of the shifted input. ``y`` is dense in ``z``'s layout
-    (channels_last stays channels_last, so batch norm gets its fast kernel). Backward writes ``g_z`` once,
-    where autograd's slice/select backwards would build and add a zero-filled ``z``-sized tensor per slice."""
-
-    @staticmethod
-    def forward(ctx, z, n, t, r):  # noqa: D102
-        nt, kp, h, w = z.shape
-        z6 = z[:, :3 * (r + 1)].view(n, t, 3, r + 1, h, w)
-        y = z6[:, :, 1, :r].clone()  # dense, in z's stride order
-        s = z6[:, :, 1, r].clone()
-        if t > 1:
-            y[:, 1:] += z6[:, :-1, 0, :r]
-            y[:, :-1] += z6[:, 1:, 2, :r]
-            s[:, 1:] += z6[:, :-1, 0, r]
-            s[:, :-1] += z6[:, 1:, 2, r]
-        ctx.dims = (n, t, r, nt, kp, h, w)
-        ctx.fmt = torch.channels_last if z.is_contiguous(memory_format=torch.channels_last) and not \
-            z.is_contiguous() else torch.contiguous_format
-        return y.view(nt, r, h, w), s
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, gy, gs):  # noqa: D102
-        n, t, r, nt, kp, h, w = ctx.dims
-        ref = gy if gy is not None else gs
-        gz = torch.empty((nt, kp, h, w), dtype=ref.dtype, device=ref.device, memory_format=ctx.fmt)
-        gz[:, 3 * (r + 1):].zero_()
-        g6 = gz[:, :3 * (r + 1)].view(n, t, 3, r + 1, h, w)
-        for rows, g in ((slice(0, r), gy), (r, gs)):
-            if g is None:
-                g6[:, :, :, rows].zero_()
-                continue
-            g = g.reshape((n, t, r, h, w) if rows != r else (n, t, h, w))
-            g6[:, :, 1, rows].copy_(g)
-            if t > 1:  # transpose of the time shifts: tap 0 fed frame t+1, tap 2 frame t-1
-                g6[:, :-1, 0, rows].copy_(g[:, 1:])
-                g6[:, -1, 0, rows].zero_()
-                g6[:, 1:, 2, rows].copy_(g[:, :-1])
-                g6[:, 0, 2, rows].zero_()
-            else:
-                g6[:, :, 0, rows].zero_()
-                g6[:, :, 2, rows].zero_()
-        return gz, None, None, None
-
-
 def _check_device(x: torch.Tensor) -> None:
     if x.is_cuda:
         return
@@ -362,11 +307,9 @@ def gated_input(mod, x: torch.Tensor, n: int, t: int) -> torch.Tensor:
     with torch.autocast(x.device.type, enabled=False):  # in x's dtype; the means in fp32
         z = F.conv2d(x, w3)
         px = x.mean((2, 3), dtype=torch.float32)
-    y, s = _TimeSum.apply(z, n, t, r)  # (N·T, r, H, W) channels_last when x is; (N, T, H, W)
-    pooled = px.view(n, t, c) * ws[:, 1]  # spatial means of the shifted x
-    if t > 1:
-        pooled = pooled + F.pad(px.view(n, t, c)[:, :-1] * ws[:, 0], (0, 0, 1, 0)) \
-            + F.pad(px.view(n, t, c)[:, 1:] * ws[:, 2], (0, 0, 0, 1))
-    m = mod.action_p3_bn1(y)
-    gate, s1 = mod._gates(m, s, pooled.view(nt, c).to(x.dtype), n, t, h, w)
+    _, s, st = motion_stats(z, t, r)  # s (N·T, H·W); per-block sums of the motion squeeze (not built here)
+    # spatial means of the shifted x: the shift of the means (one depthwise conv over time, one launch)
+    pooled = F.conv1d(px.view(n, t, c).transpose(1, 2), ws.unsqueeze(1), padding=1, groups=c).transpose(1, 2)
+    pdm = motion_means(mod.action_p3_bn1, mod.action_p3_conv1.weight, st, h, w)  # (N·T, 2, r)
+    gate, s1 = mod._gates(s, pooled.reshape(nt, c).to(x.dtype), pdm, n, t, h, w)
     return shift_gate(x, ws.float(), gate.contiguous(), s1.reshape(nt, h * w).contiguous(), t)

@@ -35,7 +35,7 @@ def device():
     if not HAS_TRITON:
         pytest.skip("triton is not installed (it comes with torch's CUDA wheels): the fused ACTION path is "
                     "tested where it is; the product falls back to the torch path")
-    from action import fused_action as FA
+    from action import fused_action as FA, fused_motion as FM, fused_motion_bn as FB
 
     if torch.cuda.is_available():
         with pytest.MonkeyPatch.context() as mp:  # fp32 means fp32: no TF32 in cuDNN / cuBLAS for these checks
@@ -45,9 +45,11 @@ def device():
         return
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TRITON_INTERPRET", "1")
-        FA._kernels.cache_clear()  # (re)build the kernels as interpreted functions
+        for mod in (FA, FM, FB):  # (re)build the kernels as interpreted functions
+            mod._kernels.cache_clear()
         yield "cpu"
-        FA._kernels.cache_clear()
+        for mod in (FA, FM, FB):
+            mod._kernels.cache_clear()
 
 
 def _pair(c: int, t: int, seed: int = 0):
@@ -76,7 +78,7 @@ def _run_pair(device, *, c=48, t=3, n=2, hw=5, channels_last=True, bf16=False, t
     mod.impl = "triton"
     mod.to(device).train(train)
     ref.train(train)
-    x = torch.randn(n * t, c, hw, hw)
+    x = torch.randn(n * t, c, *((hw, hw) if isinstance(hw, int) else hw))
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     xf = x.clone().to(device, torch.bfloat16 if bf16 else torch.float32).contiguous(memory_format=fmt)
     xf.requires_grad_()
@@ -95,6 +97,9 @@ CASES = {  # name: kwargs of _run_pair
     "fp32-cl": dict(), "fp32-nchw": dict(channels_last=False), "bf16-cl": dict(bf16=True),
     "bf16-nchw": dict(bf16=True, channels_last=False), "fp32-cl-eval": dict(train=False),
     "fp32-nchw-T1": dict(t=1, n=3, channels_last=False),
+    # 6 squeeze rows over blocks of 4, frames of 4x7 and 7x1 (the border masks of the pooled motion conv)
+    "fp32-cl-wide": dict(c=80, hw=(4, 7)), "fp32-nchw-column": dict(c=80, hw=(7, 1), channels_last=False),
+    "bf16-cl-eval": dict(bf16=True, train=False, hw=(6, 3)),
 }
 
 
@@ -178,7 +183,7 @@ def test_fused_matches_torch_path_at_resnet_size_on_cuda(device, monkeypatch):
 
 
 def _compile_for_sm90() -> None:
-    """Compile the three kernels to sm_90 cubin (run in a fresh process: an interpreted run patches
+    """Compile the seven kernels to sm_90 cubin (run in a fresh process: an interpreted run patches
     triton.language in its process)."""
     import triton
     from triton.backends.compiler import GPUTarget
@@ -203,12 +208,37 @@ def _compile_for_sm90() -> None:
         opts = backend.parse_options({"num_warps": 4, "num_stages": 3})
         cc = triton.compile(src, target=target, options=opts.__dict__)
         assert cc.asm["cubin"] and "ld.global.v" in cc.asm["ptx"], f"{kernel.__name__}: no vectorised loads"
+    # the motion passes: z's rows are 3·(r+1) groups (r+1 is odd at ResNet widths), so no alignment to promise
+    from action import fused_motion as FM
+
+    strides = {f"s{a}{d}": "i32" for a in "zyg" for d in "fcp"}
+    types = {"R": "i32", "T": "i32", "H": "i32", "W": "i32", "NPB": "i32", "st_ptr": "*fp32", "gst_ptr": "*fp32"}
+    for kernel in FM._kernels():
+        names = kernel.arg_names
+        consts = {"BP": 64, "BR": 32, **{n: 1 for n in names if n in strides and n.endswith("c")}}
+        sig = {n: "constexpr" if n in consts else types.get(n, strides.get(n, "*bf16")) for n in names}
+        attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names) if sig[n].startswith("*")}
+        src = triton.compiler.ASTSource(fn=kernel, constexprs=consts, signature=sig, attrs=attrs)
+        opts = backend.parse_options({"num_warps": 4, "num_stages": 3})
+        assert triton.compile(src, target=target, options=opts.__dict__).asm["cubin"], kernel.__name__
+    # batch norm and the pooled means from the frame statistics: all fp32, train and eval variants
+    from action import fused_motion_bn as FB
+
+    for kernel in FB._kernels():
+        for batch in (True, False):
+            names = kernel.arg_names
+            consts = {"BATCH": batch, "BF": 32, "BR": 32}
+            types = {"NT": "i32", "R": "i32", "P": "i32", "eps": "fp32", "unbias": "fp32"}
+            sig = {n: "constexpr" if n in consts else types.get(n, "*fp32") for n in names}
+            src = triton.compiler.ASTSource(fn=kernel, constexprs=consts, signature=sig)
+            opts = backend.parse_options({"num_warps": 4, "num_stages": 3})
+            assert triton.compile(src, target=target, options=opts.__dict__).asm["cubin"], kernel.__name__
     print("compiled")
 
 
 @pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
 def test_kernels_compile_for_the_h200(tmp_path):
-    """The interpreter does not compile: here the three kernels go through Triton's real compiler to sm_90
+    """The interpreter does not compile: here the seven kernels go through Triton's real compiler to sm_90
     (H100/H200) PTX and cubin with triton's bundled ptxas, for bf16 channels_last (the training layout) with the
     divisibility the JIT sees at ResNet shapes -- and their loads are vectorised."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}

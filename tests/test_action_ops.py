@@ -42,6 +42,121 @@ def test_opcheck_shift_gate(device, channels_last):
     torch.library.opcheck(FA.shift_gate_backward, (g, x.detach(), ws.detach(), gate.detach(), s1.detach(), t))
 
 
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_opcheck_motion_stats(device, channels_last):
+    """The motion pass and its backward (action/fused_motion.py): 3 row groups of r + 1 = 4 plus 4 alignment
+    rows, frames of 4x5 over pixel blocks of 16 (a partial one)."""
+    from action import fused_motion as FM
+
+    torch.manual_seed(0)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    z = torch.randn(6, 16, 4, 5, device=device).contiguous(memory_format=fmt).requires_grad_()
+    torch.library.opcheck(FM.motion_stats, (z, 3, 3))
+    y, s, st = FM.motion_stats(z.detach(), 3, 3)
+    gs, gst = torch.randn_like(s), torch.randn_like(st)
+    torch.library.opcheck(FM.motion_stats_backward, (gs, gst, y, st, 16, 3))
+
+
+def test_motion_stats_values(device):
+    """The pass's outputs against plain torch: ``y`` and ``s`` are the time-shifted sums of z's row groups, the
+    statistics the per-frame masked sums and M2 they claim, and the backward is their exact transpose (the
+    gradient of a random linear function of the outputs equals autograd's through the torch formulation)."""
+    from action import fused_motion as FM
+
+    torch.manual_seed(1)
+    n, t, r, h, w = 2, 3, 5, 3, 7  # 21 pixels: a partial block of 16
+    z = torch.randn(n * t, 24, h, w, dtype=torch.float64)
+    zr = z.clone().requires_grad_()
+    z6 = zr[:, :3 * (r + 1)].view(n, t, 3, r + 1, h, w)
+    yy = z6[:, :, 1].clone()
+    yy[:, 1:] = yy[:, 1:] + z6[:, :-1, 0]
+    yy[:, :-1] = yy[:, :-1] + z6[:, 1:, 2]
+    yy = yy.reshape(n * t, r + 1, h * w)
+    y_want, s_want = yy[:, :r], yy[:, r]
+    want = _frame_stats(y_want.reshape(n * t, r, h, w))
+    zf = z.float().to(device).requires_grad_()
+    y, s, st = FM.motion_stats(zf, t, r)
+    _check(y.reshape(n * t, r, h * w), y_want, 1e-6, "y")
+    _check(s, s_want, 1e-6, "s")
+    _check(st, want, 1e-5, "stats")
+    gs, gst = torch.randn_like(s_want), torch.randn_like(want)
+    (s * gs.float().to(device)).sum().add((st * gst.float().to(device)).sum()).backward()
+    ((s_want * gs).sum() + (want * gst).sum()).backward()
+    _check(zf.grad, zr.grad, 1e-5, "z grad")
+
+
+def _frame_stats(y: torch.Tensor) -> torch.Tensor:
+    """motion_stats' statistics in plain torch: per frame the 9 border-masked sums of ``y`` (N·T, r, H, W) for
+    the taps of a zero-padded 3x3 conv, row-major, and the sum of squares about the frame mean."""
+    nt, r, h, w = y.shape
+    rows = torch.ones(3, h, dtype=y.dtype)
+    rows[0, -1] = rows[2, 0] = 0
+    cols = torch.ones(3, w, dtype=y.dtype)
+    cols[0, -1] = cols[2, 0] = 0
+    masks = (rows[:, None, :, None] * cols[None, :, None, :]).reshape(9, h * w)
+    yf = y.reshape(nt, r, h * w)
+    return torch.cat([torch.einsum("fjp,qp->fqj", yf, masks),
+                      (yf - yf.mean(-1, keepdim=True)).square().sum(-1)[:, None]], 1)
+
+
+BN_VARIANTS = {"train": dict(), "eval": dict(train=False), "momentum-none": dict(momentum=None),
+               "no-affine": dict(affine=False), "no-running": dict(track_running_stats=False)}
+
+
+@pytest.mark.parametrize("variant", list(BN_VARIANTS))
+def test_motion_means_is_batch_norm(device, variant):
+    """``motion_means`` (action/fused_motion_bn.py) from the frame statistics equals the torch path's pooled
+    means of ``nn.BatchNorm2d(y)`` in every BatchNorm mode: values, the gradients of y, γ, β and the conv taps,
+    and the running statistics after two steps."""
+    from action import fused_motion_bn as FB
+    from action.temporal import _motion_means
+
+    kw = dict(BN_VARIANTS[variant])
+    train = kw.pop("train", True)
+    torch.manual_seed(2)
+    nt, r, h, w = 6, 5, 4, 7
+    bns = [torch.nn.BatchNorm2d(r, **kw) for _ in range(2)]
+    if kw.get("affine", True):
+        with torch.no_grad():
+            bns[0].weight.uniform_(0.5, 1.5)
+            bns[0].bias.normal_()
+    if kw.get("track_running_stats", True):
+        bns[0].running_mean.normal_()
+        bns[0].running_var.uniform_(0.5, 2)
+    bns[1].load_state_dict(bns[0].state_dict())
+    fused, ref = bns[0].to(device).train(train), bns[1].train(train)
+    conv_w = torch.randn(r, 1, 3, 3)
+    conv_f = conv_w.clone().to(device).requires_grad_()
+    conv_r = conv_w.clone().requires_grad_()
+    for step in range(2):
+        y = (torch.randn(nt, r, h, w) * 2 + 1).requires_grad_()
+        yf = y.detach().clone().to(device).requires_grad_()
+        got = FB.motion_means(fused, conv_f, _frame_stats(yf), h, w)
+        want = _motion_means(ref(y), conv_r, h, w)
+        _check(got, want, 1e-5, f"step {step} means")
+        g = torch.randn_like(want)
+        got.backward(g.to(device))
+        want.backward(g)
+        _check(yf.grad, y.grad, 1e-5, f"step {step} y grad")
+    _check(conv_f.grad, conv_r.grad, 1e-5, "conv taps grad")
+    for name, p in ref.named_parameters():
+        _check(dict(fused.named_parameters())[name].grad, p.grad, 1e-5, f"{name} grad")
+    for name, b in ref.named_buffers():
+        assert torch.allclose(dict(fused.named_buffers())[name].cpu().float(), b.float(), rtol=1e-5, atol=1e-6), name
+
+
+def test_opcheck_motion_means(device):
+    from action import fused_motion_bn as FB
+
+    torch.manual_seed(3)
+    st = torch.randn(6, 10, 5, device=device).abs().requires_grad_()
+    args = [torch.randn(5, 9, device=device), torch.rand(5, device=device) + 0.5, torch.randn(5, device=device)]
+    args = [a.requires_grad_() for a in args]
+    for batch in (True, False):
+        rm, rv = torch.zeros(5, device=device), torch.ones(5, device=device)
+        torch.library.opcheck(FB._means, (st, *args, rm, rv, FB._tap_counts(4, 7, st.device), 28, 1e-5, batch))
+
+
 def test_expanded_output_gradient(device):
     """``out.sum().backward()`` hands the backward a stride-0 expanded gradient: the kernels read it through its
     strides (eager), the same gradients as the official formulation."""
