@@ -1,5 +1,5 @@
-"""ACTION's motion squeeze, its batch norm and its pooled means as one Triton pass each way (the fused path's
-p3 front; :mod:`action.fused_action` holds the shift and the gate apply).
+"""ACTION's motion squeeze as one Triton pass each way (the fused path's p3 front; :mod:`action.fused_action`
+holds the shift and the gate apply, :mod:`action.fused_motion_bn` the batch norm and the pooled means).
 
 The motion excitation only ever reads the batch-normed squeeze ``m = γ·(y - μ)/σ + β`` through two spatial
 means per frame and channel: ``mean_p(m)`` and ``mean_p(m · A)``, with ``A`` the pooled depthwise 3×3 conv
@@ -7,11 +7,10 @@ means per frame and channel: ``mean_p(m)`` and ``mean_p(m · A)``, with ``A`` th
 the nine tap weights over border masks (tap row 0 never reads the last input row, row 2 never the first; the
 same for columns), so ``Σ_p y·A = Σ_taps w_tap · Σ_p y·mask_tap``. Hence:
 
-- ``motion_stats_fwd``: one pass over the squeeze conv's output ``z`` forms ``y`` and the channel mean ``s``
-  (the shifted input's squeeze: ``y[t] = z0[t-1] + z1[t] + z2[t+1]`` over the three row groups), writes ``y`` (kept for the backward) and ``s`` (p1's input), and per pixel block the nine masked sums
-  and the centred sum of squares of every ``y`` channel;
-- batch norm's statistics (Chan's combination of the blocks: no E[y²] - μ² cancellation), the running-statistic
-  update and the two means are small (N·T, r) tensor maths in :func:`motion_means` (autograd);
+- ``motion_stats_fwd``: one pass over the squeeze conv's output ``z`` forms ``y[t] = z0[t-1] + z1[t] +
+  z2[t+1]`` (its three row groups: the shifted input's squeeze) and the channel mean ``s`` the same way, writes
+  ``y`` (kept for the backward) and ``s`` (p1's input), and per frame the nine masked sums and the centred sum
+  of squares (Chan's merge over pixel tiles) of every ``y`` channel;
 - ``motion_stats_bwd``: the squeeze gradient ``g_z`` in one pass from the statistics' gradients, ``y`` and
   ``g_s`` (the time-shift transpose included), ready for the 1×1 conv's cuDNN backward.
 

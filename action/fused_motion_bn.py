@@ -47,7 +47,16 @@ def _kernels():
             acc += tl.load(w_ptr + oj * 9 + q, mask=mr, other=0.0) * tl.load(cnt_ptr + q)
         return acc
 
-    globals().update(_tl_add=_tl_add, _ya=_ya, _abar=_abar)
+    @triton.jit
+    def _grad_tile(gout_ptr, f0, NT, R, oj, mr, BF: tl.constexpr):  # frames [f0, f0 + BF): mask, stats offsets, g
+        of = f0 + tl.arange(0, BF)
+        m = (of < NT)[:, None] & mr[None, :]
+        go = of[:, None] * 2 * R + oj[None, :]
+        gpd = tl.load(gout_ptr + go, mask=m, other=0.0)
+        gpm = tl.load(gout_ptr + go + R, mask=m, other=0.0)
+        return m, of[:, None] * 10 * R + oj[None, :], gpd, gpm
+
+    globals().update(_tl_add=_tl_add, _ya=_ya, _abar=_abar, _grad_tile=_grad_tile)
     return _build_fwd(triton, tl), _build_bwd(triton, tl)
 
 
@@ -80,6 +89,7 @@ def _build_fwd(triton, tl):
         else:
             mu = tl.load(rm_ptr + oj, mask=mr, other=0.0).to(tl.float32)
             var = tl.load(rv_ptr + oj, mask=mr, other=1.0).to(tl.float32)
+            tl.store(varu_ptr + oj, var, mask=mr)
         invs = 1.0 / tl.sqrt(var + eps)
         tl.store(mu_ptr + oj, mu, mask=mr)
         tl.store(invs_ptr + oj, invs, mask=mr)
@@ -117,12 +127,7 @@ def _build_bwd(triton, tl):
         g_m = tl.full([BR], 0.0, tl.float32)
         g_inv = tl.full([BR], 0.0, tl.float32)
         for f0 in range(0, NT, BF):
-            of = f0 + tl.arange(0, BF)
-            m = (of < NT)[:, None] & mr[None, :]
-            offs = of[:, None] * 10 * R + oj[None, :]
-            go = of[:, None] * 2 * R + oj[None, :]
-            gpd = tl.load(gout_ptr + go, mask=m, other=0.0)
-            gpm = tl.load(gout_ptr + go + R, mask=m, other=0.0)
+            m, offs, gpd, gpm = _grad_tile(gout_ptr, f0, NT, R, oj, mr, BF)
             ya = _ya(st_ptr, offs, w_ptr, oj, R, m, mr)
             sm = tl.load(st_ptr + offs + 4 * R, mask=m, other=0.0)
             g_d += tl.reduce(gpd, 0, _tl_add)
@@ -149,12 +154,7 @@ def _build_bwd(triton, tl):
         n = NT * P
         mfr = mu * P
         for f0 in range(0, NT, BF):
-            of = f0 + tl.arange(0, BF)
-            m = (of < NT)[:, None] & mr[None, :]
-            offs = of[:, None] * 10 * R + oj[None, :]
-            go = of[:, None] * 2 * R + oj[None, :]
-            gpd = tl.load(gout_ptr + go, mask=m, other=0.0)
-            gpm = tl.load(gout_ptr + go + R, mask=m, other=0.0)
+            m, offs, gpd, gpm = _grad_tile(gout_ptr, f0, NT, R, oj, mr, BF)
             for q in tl.static_range(9):
                 g = gpd * (inv / P * tl.load(w_ptr + oj * 9 + q, mask=mr, other=0.0))[None, :]
                 if q == 4:  # the plain sum: also in mean_p(m) and in the batch statistics
@@ -172,7 +172,8 @@ def _means(st: torch.Tensor, tap_w: torch.Tensor, weight: torch.Tensor, bias: to
            running_mean: torch.Tensor, running_var: torch.Tensor, counts: torch.Tensor, p: int, eps: float,
            batch: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(out, μ, 1/σ, unbiased batch variance)``: ``out`` (N·T, 2, r) = [mean_p(m·A), mean_p(m)] from ``st``
-    (N·T, 10, r); with ``batch`` the batch statistics, else the running ones (then the last output is unset).
+    (N·T, 10, r); with ``batch`` the batch statistics, else the running ones (then the last output is the
+    running variance).
     Functional (autograd needs that): the caller moves the running statistics."""
     nt, _, r = st.shape
     out = st.new_empty(nt, 2, r)

@@ -96,12 +96,13 @@ def _cuda_ms(fn, reps: int = 20) -> float:
 
 def kernel_bandwidth(frames: int, arch: str = "resnet50") -> dict:
     """Achieved GB/s of each fused kernel alone at the input shapes of the ACTION blocks of ``arch`` (bf16,
-    channels_last, ``frames`` = batch x segments): bytes a kernel must move (x-sized tensors read + written;
-    the gate vectors and partial sums are small and not counted) / time, against torch's copy of the same tensor
+    channels_last, ``frames`` = batch x segments): bytes a kernel must move (x-sized tensors read + written, for
+    the motion passes the squeeze conv's output and y; the gate vectors and partial sums are small and not
+    counted) / time, against torch's copy of the same tensor
     (read + write) and the copy rate of a 1 GiB buffer."""
     import torch
 
-    from action import fused_action as FA
+    from action import fused_action as FA, fused_motion as FM
 
     shapes = {"resnet50": [(256, 56), (512, 28), (1024, 14), (2048, 7)],
               "resnet18": [(64, 56), (128, 28), (256, 14), (512, 7)]}.get(arch, [(256, 56), (512, 28)])
@@ -120,13 +121,24 @@ def kernel_bandwidth(frames: int, arch: str = "resnet50") -> dict:
         y = torch.empty_like(x)
         nbytes = x.numel() * x.element_size()
         t = 8
-        ops = {"copy (torch)": (lambda: y.copy_(x), 2),
-               "shift_gate fwd": (lambda: FA._launch_fwd(x, ws, gate, s1, t), 2),
-               "shift_gate bwd (reduce + input)": (lambda: FA._launch_bwd(g, x, ws, gate, s1, t), 4)}
-        for name, (fn, passes) in ops.items():
+        # the motion passes read/write the squeeze conv's output: 3·(r+1) rows padded to 8, r = C/16
+        r = c // 16
+        kz = -(-3 * (r + 1) // 8) * 8
+        z = torch.randn(frames, kz, hw, hw, device="cuda", dtype=torch.bfloat16).contiguous(
+            memory_format=torch.channels_last)
+        ym, sm, st = FM.motion_stats(z, t, r)
+        gs, gst = torch.randn_like(sm), torch.randn_like(st)
+        zbytes, ybytes = z.numel() * z.element_size(), ym.numel() * ym.element_size()
+        ops = {"copy (torch)": (lambda: y.copy_(x), 2 * nbytes),
+               "shift_gate fwd": (lambda: FA._launch_fwd(x, ws, gate, s1, t), 2 * nbytes),
+               "shift_gate bwd (reduce + input)": (lambda: FA._launch_bwd(g, x, ws, gate, s1, t), 4 * nbytes),
+               # z read, y (+ s) written; backward: y read, g_z written
+               "motion_stats fwd": (lambda: FM.motion_stats(z, t, r), zbytes + ybytes),
+               "motion_stats bwd": (lambda: FM.motion_stats_backward(gs, gst, ym, st, kz, t), zbytes + ybytes)}
+        for name, (fn, nb) in ops.items():
             ms = _cuda_ms(fn)
-            gbs = passes * nbytes / ms / 1e6
-            rows.append({"kernel": name, "shape": [frames, c, hw, hw], "ms": ms, "bytes": passes * nbytes,
+            gbs = nb / ms / 1e6
+            rows.append({"kernel": name, "shape": [frames, c, hw, hw], "ms": ms, "bytes": nb,
                          "gb_s": gbs, "vs_copy_1gib": gbs / copy_gbs})
     return {"copy_1gib_gb_s": copy_gbs, "rows": rows}
 

@@ -89,9 +89,9 @@ def _frame_stats(y: torch.Tensor) -> torch.Tensor:
     """motion_stats' statistics in plain torch: per frame the 9 border-masked sums of ``y`` (N·T, r, H, W) for
     the taps of a zero-padded 3x3 conv, row-major, and the sum of squares about the frame mean."""
     nt, r, h, w = y.shape
-    rows = torch.ones(3, h, dtype=y.dtype)
+    rows = torch.ones(3, h, dtype=y.dtype, device=y.device)
     rows[0, -1] = rows[2, 0] = 0
-    cols = torch.ones(3, w, dtype=y.dtype)
+    cols = torch.ones(3, w, dtype=y.dtype, device=y.device)
     cols[0, -1] = cols[2, 0] = 0
     masks = (rows[:, None, :, None] * cols[None, :, None, :]).reshape(9, h * w)
     yf = y.reshape(nt, r, h * w)

@@ -259,6 +259,14 @@ def gpu_model() -> str:
     return "\n\n".join(out)
 
 
+def action_ops() -> str:
+    d = _load("action_ops.json")
+    rows = [[r["tree"], f"`{r['impl']}`", str(r["forward"]), str(r["backward"]), str(r["forward"] + r["backward"])]
+            for r in d["rows"]]
+    return (f"{d['what']}:\n\n" + _table(["tree", "impl", "forward", "backward", "total"], rows, "llrrr")
+            + "\n\n" + _source("action_ops.json", "action_ops.png"))
+
+
 def staging() -> str:
     d = _load("gpu/staging.json")
     rows = []
@@ -291,7 +299,8 @@ def refactor() -> str:
 
 
 SECTIONS = {f.__name__: f for f in (demo, rooms, convert, convert_video, loader_cpu, loader_ffcv, loader_roi,
-                                      loader_normalize, model, remote, loader_gpu, gpu_model, staging, refactor)}
+                                      loader_normalize, model, remote, loader_gpu, gpu_model, action_ops, staging,
+                                      refactor)}
 
 
 def render_section(name: str) -> str:
