@@ -310,6 +310,6 @@ def gated_input(mod, x: torch.Tensor, n: int, t: int) -> torch.Tensor:
     _, s, st = motion_stats(z, t, r)  # s (N·T, H·W); per-block sums of the motion squeeze (not built here)
     # spatial means of the shifted x: the shift of the means (one depthwise conv over time, one launch)
     pooled = F.conv1d(px.view(n, t, c).transpose(1, 2), ws.unsqueeze(1), padding=1, groups=c).transpose(1, 2)
-    pdm = motion_means(mod.action_p3_bn1, mod.action_p3_conv1.weight, st, h, w)  # (N·T, 2, r)
-    gate, s1 = mod._gates(s, pooled.reshape(nt, c).to(x.dtype), pdm, n, t, h, w)
+    d = motion_means(mod.action_p3_bn1, mod.action_p3_conv1.weight, st, h, w, t)  # (N·T, r): p3's difference
+    gate, s1 = mod._gates(s, pooled.reshape(nt, c).to(x.dtype), d, n, t, h, w)
     return shift_gate(x, ws.float(), gate.contiguous(), s1.reshape(nt, h * w).contiguous(), t)

@@ -247,6 +247,7 @@ def _setup(ctx, inputs, output):
     z, t, _ = inputs
     y, _, st = output
     ctx.mark_non_differentiable(y)
+    ctx.set_materialize_grads(False)  # no zero-filled gradient for y (a launch); s and stats handled below
     ctx.save_for_backward(y, st)
     ctx.kz, ctx.t = z.shape[1], t
 

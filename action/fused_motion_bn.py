@@ -3,7 +3,7 @@ small Triton program per channel block each way (``action_net::motion_means`` an
 
 For ``m = γ·(y - μ)/σ + β`` (``bn`` in train mode: batch statistics, and the running statistics move; in eval
 mode: the running statistics) and ``A`` the pooled 3×3 depthwise conv: ``mean_p(m·A) = inv·(Σ_taps w·S_tap / P
-- μ·Ā) + β·Ā`` and ``mean_p(m) = inv·(S / P - μ) + β`` with ``inv = γ/σ``, the per-frame masked sums ``S_tap``
+- μ·Ā) + β·Ā`` and ``mean_p(m) = inv·(S / P - μ) + β`` (the op returns their difference over time) with ``inv = γ/σ``, the per-frame masked sums ``S_tap``
 (``S`` the unmasked one) and ``Ā`` the mean of ``A``. The batch variance is Chan's combination of the frames'
 centred sums of squares: ``M2 = Σ_f M2_f + Σ_f (S_f - mean_f S)² / P``. Backward by hand, in the same two
 programs: these are a few hundred numbers per block, and as torch ops they were ~70 launches per ACTION block
@@ -48,12 +48,15 @@ def _kernels():
         return acc
 
     @triton.jit
-    def _grad_tile(gout_ptr, f0, NT, R, oj, mr, BF: tl.constexpr):  # frames [f0, f0 + BF): mask, stats offsets, g
+    def _grad_tile(gd_ptr, f0, NT, R, T, oj, mr, BF: tl.constexpr):
+        # frames [f0, f0 + BF): mask, stats offsets and the gradients of the two means from d's: d[t] = pd[t + 1]
+        # - pm[t] for t < T - 1, so g_pd[t] = g_d[t - 1] (t > 0) and g_pm[t] = -g_d[t] (t < T - 1)
         of = f0 + tl.arange(0, BF)
         m = (of < NT)[:, None] & mr[None, :]
-        go = of[:, None] * 2 * R + oj[None, :]
-        gpd = tl.load(gout_ptr + go, mask=m, other=0.0)
-        gpm = tl.load(gout_ptr + go + R, mask=m, other=0.0)
+        t = (of % T)[:, None]
+        go = of[:, None] * R + oj[None, :]
+        gpd = tl.load(gd_ptr + go - R, mask=m & (t > 0), other=0.0)
+        gpm = -tl.load(gd_ptr + go, mask=m & (t < T - 1), other=0.0)
         return m, of[:, None] * 10 * R + oj[None, :], gpd, gpm
 
     globals().update(_tl_add=_tl_add, _ya=_ya, _abar=_abar, _grad_tile=_grad_tile)
@@ -63,7 +66,7 @@ def _kernels():
 def _build_fwd(triton, tl):
     @triton.jit
     def motion_means_fwd(st_ptr, w_ptr, g_ptr, b_ptr, rm_ptr, rv_ptr, cnt_ptr, out_ptr, mu_ptr, invs_ptr, varu_ptr,
-                         NT, R, P, eps, unbias, BATCH: tl.constexpr, BF: tl.constexpr, BR: tl.constexpr):
+                         NT, R, P, T, eps, unbias, BATCH: tl.constexpr, BF: tl.constexpr, BR: tl.constexpr):
         oj = tl.program_id(0) * BR + tl.arange(0, BR)
         mr = oj < R
         if BATCH:
@@ -100,21 +103,20 @@ def _build_fwd(triton, tl):
             of = f0 + tl.arange(0, BF)
             m = (of < NT)[:, None] & mr[None, :]
             offs = of[:, None] * 10 * R + oj[None, :]
-            ya = _ya(st_ptr, offs, w_ptr, oj, R, m, mr)
+            nxt = m & ((of % T) < T - 1)[:, None]  # d[t] = pd[t + 1] - pm[t], 0 at a clip's last frame
+            ya = _ya(st_ptr, offs + 10 * R, w_ptr, oj, R, nxt, mr)
             sm = tl.load(st_ptr + offs + 4 * R, mask=m, other=0.0)
             pd = inv[None, :] * (ya / P - (mu * abar)[None, :]) + (bet * abar)[None, :]
             pm = inv[None, :] * (sm / P - mu[None, :]) + bet[None, :]
-            oo = of[:, None] * 2 * R + oj[None, :]
-            tl.store(out_ptr + oo, pd, mask=m)
-            tl.store(out_ptr + oo + R, pm, mask=m)
+            tl.store(out_ptr + of[:, None] * R + oj[None, :], tl.where(nxt, pd - pm, 0.0), mask=m)
 
     return motion_means_fwd
 
 
 def _build_bwd(triton, tl):
     @triton.jit
-    def motion_means_bwd(gout_ptr, st_ptr, w_ptr, g_ptr, b_ptr, mu_ptr, invs_ptr, cnt_ptr, gst_ptr, gw_ptr, gg_ptr,
-                         gb_ptr, NT, R, P, BATCH: tl.constexpr, BF: tl.constexpr, BR: tl.constexpr):
+    def motion_means_bwd(gd_ptr, st_ptr, w_ptr, g_ptr, b_ptr, mu_ptr, invs_ptr, cnt_ptr, gst_ptr, gw_ptr, gg_ptr,
+                         gb_ptr, NT, R, P, T, BATCH: tl.constexpr, BF: tl.constexpr, BR: tl.constexpr):
         oj = tl.program_id(0) * BR + tl.arange(0, BR)
         mr = oj < R
         mu = tl.load(mu_ptr + oj, mask=mr, other=0.0)
@@ -127,7 +129,7 @@ def _build_bwd(triton, tl):
         g_m = tl.full([BR], 0.0, tl.float32)
         g_inv = tl.full([BR], 0.0, tl.float32)
         for f0 in range(0, NT, BF):
-            m, offs, gpd, gpm = _grad_tile(gout_ptr, f0, NT, R, oj, mr, BF)
+            m, offs, gpd, gpm = _grad_tile(gd_ptr, f0, NT, R, T, oj, mr, BF)
             ya = _ya(st_ptr, offs, w_ptr, oj, R, m, mr)
             sm = tl.load(st_ptr + offs + 4 * R, mask=m, other=0.0)
             g_d += tl.reduce(gpd, 0, _tl_add)
@@ -145,16 +147,13 @@ def _build_bwd(triton, tl):
         for q in tl.static_range(9):  # the tap weights: Σ_f gpd · inv · S_tap / P + the Ā share
             acc = tl.full([BR], 0.0, tl.float32)
             for f0 in range(0, NT, BF):
-                of = f0 + tl.arange(0, BF)
-                m = (of < NT)[:, None] & mr[None, :]
-                acc += tl.reduce(tl.load(gout_ptr + of[:, None] * 2 * R + oj[None, :], mask=m, other=0.0)
-                                 * tl.load(st_ptr + of[:, None] * 10 * R + oj[None, :] + q * R, mask=m, other=0.0),
-                                 0, _tl_add)
+                m, offs, gpd, _ = _grad_tile(gd_ptr, f0, NT, R, T, oj, mr, BF)
+                acc += tl.reduce(gpd * tl.load(st_ptr + offs + q * R, mask=m, other=0.0), 0, _tl_add)
             tl.store(gw_ptr + oj * 9 + q, inv / P * acc + g_abar * tl.load(cnt_ptr + q), mask=mr)
         n = NT * P
         mfr = mu * P
         for f0 in range(0, NT, BF):
-            m, offs, gpd, gpm = _grad_tile(gout_ptr, f0, NT, R, oj, mr, BF)
+            m, offs, gpd, gpm = _grad_tile(gd_ptr, f0, NT, R, T, oj, mr, BF)
             for q in tl.static_range(9):
                 g = gpd * (inv / P * tl.load(w_ptr + oj * 9 + q, mask=mr, other=0.0))[None, :]
                 if q == 4:  # the plain sum: also in mean_p(m) and in the batch statistics
@@ -169,74 +168,77 @@ def _build_bwd(triton, tl):
 
 @torch.library.custom_op("action_net::motion_means", mutates_args=())
 def _means(st: torch.Tensor, tap_w: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-           running_mean: torch.Tensor, running_var: torch.Tensor, counts: torch.Tensor, p: int, eps: float,
-           batch: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(out, μ, 1/σ, unbiased batch variance)``: ``out`` (N·T, 2, r) = [mean_p(m·A), mean_p(m)] from ``st``
-    (N·T, 10, r); with ``batch`` the batch statistics, else the running ones (then the last output is the
-    running variance).
-    Functional (autograd needs that): the caller moves the running statistics."""
+           running_mean: torch.Tensor, running_var: torch.Tensor, counts: torch.Tensor, p: int, t: int,
+           eps: float, batch: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(d, μ, 1/σ, unbiased batch variance)``: ``d`` (N·T, r) = mean_p(m·A)[t + 1] - mean_p(m)[t] (0 at a
+    clip's last frame) from ``st`` (N·T, 10, r); with ``batch`` the batch statistics, else the running ones
+    (then the last output is the running variance). Functional (autograd needs that): the caller moves the
+    running statistics."""
     nt, _, r = st.shape
-    out = st.new_empty(nt, 2, r)
+    out = st.new_empty(nt, r)
     mu, invs, varu = st.new_empty(r), st.new_empty(r), st.new_empty(r)
     bf, br = BLOCKS
     n = nt * p
     k_fwd, _ = _kernels()
     with _on(st):
         k_fwd[(-(-r // br),)](st, tap_w, weight, bias, running_mean, running_var, counts, out, mu, invs, varu, nt,
-                              r, p, eps, n / max(n - 1, 1), BATCH=batch, BF=bf, BR=br)
+                              r, p, t, eps, n / max(n - 1, 1), BATCH=batch, BF=bf, BR=br)
     return out, mu, invs, varu
 
 
 @_means.register_fake
-def _means_fake(st, tap_w, weight, bias, running_mean, running_var, counts, p, eps, batch):
+def _means_fake(st, tap_w, weight, bias, running_mean, running_var, counts, p, t, eps, batch):
     nt, _, r = st.shape
-    return st.new_empty(nt, 2, r), st.new_empty(r), st.new_empty(r), st.new_empty(r)
+    return st.new_empty(nt, r), st.new_empty(r), st.new_empty(r), st.new_empty(r)
 
 
 @torch.library.custom_op("action_net::motion_means_backward", mutates_args=())
-def _means_backward(gout: torch.Tensor, st: torch.Tensor, tap_w: torch.Tensor, weight: torch.Tensor,
-                    bias: torch.Tensor, mu: torch.Tensor, invs: torch.Tensor, counts: torch.Tensor, p: int,
+def _means_backward(gd: torch.Tensor, st: torch.Tensor, tap_w: torch.Tensor, weight: torch.Tensor,
+                    bias: torch.Tensor, mu: torch.Tensor, invs: torch.Tensor, counts: torch.Tensor, p: int, t: int,
                     batch: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(g_st, g_tap_w, g_weight, g_bias)`` of :func:`_means`' ``out``."""
+    """``(g_st, g_tap_w, g_weight, g_bias)`` of :func:`_means`' ``d``."""
     nt, _, r = st.shape
     gst, gw = torch.empty_like(st), torch.empty_like(tap_w)
     gg, gb = torch.empty_like(weight), torch.empty_like(bias)
     bf, br = BLOCKS
     _, k_bwd = _kernels()
     with _on(st):
-        k_bwd[(-(-r // br),)](gout.contiguous(), st, tap_w, weight, bias, mu, invs, counts, gst, gw, gg, gb, nt, r,
-                              p, BATCH=batch, BF=bf, BR=br)
+        k_bwd[(-(-r // br),)](gd.contiguous(), st, tap_w, weight, bias, mu, invs, counts, gst, gw, gg, gb, nt, r,
+                              p, t, BATCH=batch, BF=bf, BR=br)
     return gst, gw, gg, gb
 
 
 @_means_backward.register_fake
-def _means_backward_fake(gout, st, tap_w, weight, bias, mu, invs, counts, p, batch):
+def _means_backward_fake(gd, st, tap_w, weight, bias, mu, invs, counts, p, t, batch):
     return torch.empty_like(st), torch.empty_like(tap_w), torch.empty_like(weight), torch.empty_like(bias)
 
 
 def _setup(ctx, inputs, output):
-    st, tap_w, weight, bias, _, _, counts, p, _, batch = inputs
+    st, tap_w, weight, bias, _, _, counts, p, t, _, batch = inputs
     _, mu, invs, varu = output
     ctx.mark_non_differentiable(mu, invs, varu)
+    ctx.set_materialize_grads(False)  # no zero-filled gradients for the statistics outputs (launches)
     ctx.save_for_backward(st, tap_w, weight, bias, mu, invs, counts)
-    ctx.p, ctx.batch = p, batch
+    ctx.p, ctx.t, ctx.batch = p, t, batch
 
 
-def _grad(ctx, gout, _gmu, _ginvs, _gvaru):
+def _grad(ctx, gd, _gmu, _ginvs, _gvaru):
     st, tap_w, weight, bias, mu, invs, counts = ctx.saved_tensors
-    gst, gw, gg, gb = _means_backward(gout, st, tap_w, weight, bias, mu, invs, counts, ctx.p, ctx.batch)
-    return gst, gw, gg, gb, None, None, None, None, None, None
+    if gd is None:
+        return None, None, None, None, None, None, None, None, None, None, None
+    gst, gw, gg, gb = _means_backward(gd, st, tap_w, weight, bias, mu, invs, counts, ctx.p, ctx.t, ctx.batch)
+    return gst, gw, gg, gb, None, None, None, None, None, None, None
 
 
 _means.register_autograd(_grad, setup_context=_setup)
 
 
-def motion_means(bn: torch.nn.BatchNorm2d, conv_w: torch.Tensor, st: torch.Tensor, h: int,
-                 w: int) -> torch.Tensor:
-    """(N·T, 2, r) fp32 ``[mean_p(m · A), mean_p(m)]`` for ``m = bn(y)`` from :func:`action.fused_motion.
-    motion_stats`' statistics, ``A`` the pooled depthwise conv of ``conv_w`` (r, 1, 3, 3): batch norm as ``bn``
-    computes it in train and eval mode (batch statistics and the running-statistic update, or the running
-    statistics), without building ``m``."""
+def motion_means(bn: torch.nn.BatchNorm2d, conv_w: torch.Tensor, st: torch.Tensor, h: int, w: int,
+                 t: int) -> torch.Tensor:
+    """(N·T, r) fp32 ``d[t] = mean_p(conv(m))[t + 1] - mean_p(m)[t]`` (0 at a clip's last frame; the motion
+    excitation's input) for ``m = bn(y)`` from :func:`action.fused_motion.motion_stats`' statistics, ``conv`` the
+    depthwise 3×3 conv of ``conv_w`` (r, 1, 3, 3): batch norm as ``bn`` computes it in train and eval mode (batch
+    statistics and the running-statistic update, or the running statistics), without building ``m``."""
     r = st.shape[2]
     batch = bn.training or bn.running_mean is None
     ones = zeros = None
@@ -245,7 +247,7 @@ def motion_means(bn: torch.nn.BatchNorm2d, conv_w: torch.Tensor, st: torch.Tenso
     weight, bias = (bn.weight, bn.bias) if bn.affine else (ones, zeros)
     rm, rv = (bn.running_mean, bn.running_var) if bn.running_mean is not None else (zeros, ones.clone())
     out, mu, _, varu = _means(st, conv_w.reshape(r, 9).float(), weight.float(), bias.float(), rm, rv,
-                              _tap_counts(h, w, st.device), h * w, bn.eps, batch)
+                              _tap_counts(h, w, st.device), h * w, t, bn.eps, batch)
     if bn.training and bn.track_running_stats:  # as nn.BatchNorm2d moves them
         with torch.no_grad():
             bn.num_batches_tracked.add_(1)

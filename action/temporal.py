@@ -338,19 +338,19 @@ class Action(nn.Module):
         else:
             x = x.contiguous()
             xs, y, pooled = _ShiftSqueezePool.apply(x, self.action_shift.weight, wq, n, t)
-        pdm = _motion_means(self.action_p3_bn1(y[:, :r]), self.action_p3_conv1.weight, h, w)
+        d = _motion_diff(self.action_p3_bn1(y[:, :r]), self.action_p3_conv1.weight, n, t, h, w)
         s = y[:, r].contiguous()  # (N·T, H, W) channel mean of xs (contiguous: conv3d needs it to be fast)
-        gate, s1 = self._gates(s, pooled, pdm, n, t, h, w)
+        gate, s1 = self._gates(s, pooled, d, n, t, h, w)
         out = xs * (gate.view(nt, c, 1, 1) + s1)
         if channels_last:
             out = out.contiguous(memory_format=fmt)
         return self.net(out)
 
-    def _gates(self, s: torch.Tensor, pooled: torch.Tensor, pdm: torch.Tensor, n: int, t: int, h: int,
+    def _gates(self, s: torch.Tensor, pooled: torch.Tensor, d: torch.Tensor, n: int, t: int, h: int,
                w: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The three excitations from the squeezed tensors of the shifted input ``xs``: ``s`` (N·T or N, [T,] H,
-        W) its channel mean, ``pooled`` (N·T, C) its spatial means, ``pdm`` (N·T, 2, r) fp32 the spatial means
-        of the batch-normed p3 squeeze ``m`` after and before its depthwise conv (:func:`_motion_means`).
+        W) its channel mean, ``pooled`` (N·T, C) its spatial means, ``d`` (N·T, r) fp32 the pooled motion of its
+        batch-normed p3 squeeze (:func:`_motion_diff`).
         Returns ``gate = 3 + σ_ce + σ_me`` (N·T, C) and ``s1 = σ_ste`` (N·T, 1, H, W); the module's output is
         ``net(xs · (gate + s1))``. Shared by the torch and the Triton paths."""
         nt, c, r = n * t, self.in_channels, self.reduced_channels
@@ -366,17 +366,16 @@ class Action(nn.Module):
         z = F.relu(F.linear(zu, self.action_p2_conv1.weight.reshape(r, r * 3)))
         g2 = torch.sigmoid(F.linear(z, self.action_p2_expand.weight.view(c, r)))
 
-        # p3: motion gate, pooled before the difference: avgpool(conv(m)[t+1] - m[t]) = pd[t+1] - pm[t]
-        pdm = pdm.view(n, t, 2, r)
-        d = F.pad(pdm[:, 1:, 0] - pdm[:, :-1, 1], (0, 0, 0, 1))
+        # p3: motion gate from the pooled difference
         g3 = torch.sigmoid(F.linear(d.reshape(nt, r), self.action_p3_expand.weight.view(c, r)))
 
         return g2 + g3 + 3.0, s1
 
 
-def _motion_means(m: torch.Tensor, conv_w: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """``[mean_p(dwconv3x3(m)), mean_p(m)]`` (N·T, 2, r) fp32 for the batch-normed p3 squeeze ``m``: the pooled
-    depthwise conv is a per-channel weighted sum of ``m`` with weights A = Σ_taps w_tap · [tap lands inside the
+def _motion_diff(m: torch.Tensor, conv_w: torch.Tensor, n: int, t: int, h: int, w: int) -> torch.Tensor:
+    """``d[t] = avgpool(dwconv3x3(m)[t + 1] - m[t])`` (N·T, r) fp32, 0 at a clip's last frame, for the
+    batch-normed p3 squeeze ``m``, pooled before the difference: ``mean_p(conv(m))[t + 1] - mean_p(m)[t]``. The
+    pooled depthwise conv is a per-channel weighted sum of ``m`` with weights A = Σ_taps w_tap · [tap lands inside the
     zero-padded frame], so the conv is never run at full resolution. Both in fp32 (``m`` may be bf16 under
     autocast): their difference cancels where the motion is small, and bf16 means (8 bits) would leave rounding
     noise of ~0.4 % of |mean m| in it. (The Triton path gets both from per-block sums without building ``m``:
@@ -385,4 +384,5 @@ def _motion_means(m: torch.Tensor, conv_w: torch.Tensor, h: int, w: int) -> torc
     mm = m.reshape(nt, r, h * w)
     amap = _pooled_conv_weights(conv_w, h, w).float()
     pd = (mm * amap).sum(-1).mul_(1.0 / (h * w))  # fp32 by type promotion
-    return torch.stack([pd, mm.mean(-1, dtype=torch.float32)], 1)
+    pm = mm.mean(-1, dtype=torch.float32)
+    return F.pad(pd.view(n, t, r)[:, 1:] - pm.view(n, t, r)[:, :-1], (0, 0, 0, 1)).view(nt, r)

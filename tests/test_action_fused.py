@@ -228,7 +228,7 @@ def _compile_for_sm90() -> None:
         for batch in (True, False):
             names = kernel.arg_names
             consts = {"BATCH": batch, "BF": 32, "BR": 32}
-            types = {"NT": "i32", "R": "i32", "P": "i32", "eps": "fp32", "unbias": "fp32"}
+            types = {"NT": "i32", "R": "i32", "P": "i32", "T": "i32", "eps": "fp32", "unbias": "fp32"}
             sig = {n: "constexpr" if n in consts else types.get(n, "*fp32") for n in names}
             src = triton.compiler.ASTSource(fn=kernel, constexprs=consts, signature=sig)
             opts = backend.parse_options({"num_warps": 4, "num_stages": 3})

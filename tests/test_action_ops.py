@@ -106,15 +106,16 @@ BN_VARIANTS = {"train": dict(), "eval": dict(train=False), "momentum-none": dict
 @pytest.mark.parametrize("variant", list(BN_VARIANTS))
 def test_motion_means_is_batch_norm(device, variant):
     """``motion_means`` (action/fused_motion_bn.py) from the frame statistics equals the torch path's pooled
-    means of ``nn.BatchNorm2d(y)`` in every BatchNorm mode: values, the gradients of y, γ, β and the conv taps,
+    motion difference of ``nn.BatchNorm2d(y)`` in every BatchNorm mode: values, the gradients of y, γ, β and the conv taps,
     and the running statistics after two steps."""
     from action import fused_motion_bn as FB
-    from action.temporal import _motion_means
+    from action.temporal import _motion_diff
 
     kw = dict(BN_VARIANTS[variant])
     train = kw.pop("train", True)
     torch.manual_seed(2)
-    nt, r, h, w = 6, 5, 4, 7
+    n, t, r, h, w = 2, 3, 5, 4, 7
+    nt = n * t
     bns = [torch.nn.BatchNorm2d(r, **kw) for _ in range(2)]
     if kw.get("affine", True):
         with torch.no_grad():
@@ -131,8 +132,8 @@ def test_motion_means_is_batch_norm(device, variant):
     for step in range(2):
         y = (torch.randn(nt, r, h, w) * 2 + 1).requires_grad_()
         yf = y.detach().clone().to(device).requires_grad_()
-        got = FB.motion_means(fused, conv_f, _frame_stats(yf), h, w)
-        want = _motion_means(ref(y), conv_r, h, w)
+        got = FB.motion_means(fused, conv_f, _frame_stats(yf), h, w, t)
+        want = _motion_diff(ref(y), conv_r, n, t, h, w)
         _check(got, want, 1e-5, f"step {step} means")
         g = torch.randn_like(want)
         got.backward(g.to(device))
@@ -154,7 +155,7 @@ def test_opcheck_motion_means(device):
     args = [a.requires_grad_() for a in args]
     for batch in (True, False):
         rm, rv = torch.zeros(5, device=device), torch.ones(5, device=device)
-        torch.library.opcheck(FB._means, (st, *args, rm, rv, FB._tap_counts(4, 7, st.device), 28, 1e-5, batch))
+        torch.library.opcheck(FB._means, (st, *args, rm, rv, FB._tap_counts(4, 7, st.device), 28, 3, 1e-5, batch))
 
 
 def test_expanded_output_gradient(device):
