@@ -3,8 +3,8 @@ small Triton program per channel block each way (``action_net::motion_means`` an
 
 For ``m = γ·(y - μ)/σ + β`` (``bn`` in train mode: batch statistics, and the running statistics move; in eval
 mode: the running statistics) and ``A`` the pooled 3×3 depthwise conv: ``mean_p(m·A) = inv·(Σ_taps w·S_tap / P
-- μ·Ā) + β·Ā`` and ``mean_p(m) = inv·(S / P - μ) + β`` (the op returns their difference over time) with ``inv = γ/σ``, the per-frame masked sums ``S_tap``
-(``S`` the unmasked one) and ``Ā`` the mean of ``A``. The batch variance is Chan's combination of the frames'
+- μ·Ā) + β·Ā`` and ``mean_p(m) = inv·(S / P - μ) + β`` (the op returns their difference over time) with
+``inv = γ/σ``, the per-frame masked sums ``S_tap`` (``S`` the unmasked one) and ``Ā`` the mean of ``A``. The batch variance is Chan's combination of the frames'
 centred sums of squares: ``M2 = Σ_f M2_f + Σ_f (S_f - mean_f S)² / P``. Backward by hand, in the same two
 programs: these are a few hundred numbers per block, and as torch ops they were ~70 launches per ACTION block
 (forward and backward), which eager mode pays on the CPU.

@@ -106,8 +106,8 @@ BN_VARIANTS = {"train": dict(), "eval": dict(train=False), "momentum-none": dict
 @pytest.mark.parametrize("variant", list(BN_VARIANTS))
 def test_motion_means_is_batch_norm(device, variant):
     """``motion_means`` (action/fused_motion_bn.py) from the frame statistics equals the torch path's pooled
-    motion difference of ``nn.BatchNorm2d(y)`` in every BatchNorm mode: values, the gradients of y, γ, β and the conv taps,
-    and the running statistics after two steps."""
+    motion difference of ``nn.BatchNorm2d(y)`` in every BatchNorm mode: values, the gradients of y, γ, β and the
+    conv taps, and the running statistics after two steps."""
     from action import fused_motion_bn as FB
     from action.temporal import _motion_diff
 
